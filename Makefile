@@ -1,0 +1,49 @@
+# Outpost: `make demo` runs it, `make test` checks it. Both set everything up themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Portable llama.cpp build: a native one crashes in AMX code on some CPUs, and a package for
+# many sites' CPUs needs it anyway.
+export CMAKE_ARGS := -DGGML_NATIVE=OFF
+
+.PHONY: setup demo demo-model test lint format protos protos-check pytest bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo-model: setup
+	$(VENV)/bin/outpost-agent demo-model
+
+demo: setup
+	$(PY) scripts/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+protos: setup
+	$(PY) protos/generate.py
+
+protos-check: setup
+	$(PY) protos/generate.py --check
+
+pytest: setup
+	$(VENV)/bin/outpost-agent demo-model >/dev/null
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint protos-check pytest
+
+bench: setup
+	$(PY) benchmarks/agent_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

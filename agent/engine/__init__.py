@@ -1,0 +1,1 @@
+"""Inference backends behind one Protocol, and the text streaming they share."""

@@ -1,0 +1,57 @@
+"""The Protocol every inference backend implements, and the fully resolved sampling it takes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.inference import ChatMessage, GenerationEvent
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    """Sampling with every value decided and validated; what a backend runs with."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BackendDescription:
+    architecture: str
+    context_length: int
+    vocab_size: int
+
+
+class ModelBackend(Protocol):
+    """One loaded model. Not thread-safe: callers run every method on one thread at a time."""
+
+    def describe(self) -> BackendDescription: ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """Renders messages into a prompt with the model's own chat template."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: ResolvedSampling,
+        cancelled: threading.Event,
+    ) -> Iterator[GenerationEvent]:
+        """Yields text deltas and ends with exactly one Finished event.
+
+        Checks `cancelled` between tokens and finishes with reason CANCELLED when it is set.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,119 @@
+"""The agent's gRPC front end: InferenceService and grpc.health.v1 on one asyncio server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from outpost.v1 import inference_pb2 as pb
+from outpost.v1 import inference_pb2_grpc as pb_grpc
+
+from agent.inference import Inference
+from agent.model_runner import GenerationFailed, GenerationStream
+from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
+from common.proto_convert import (
+    chat_request_from_pb,
+    completion_request_from_pb,
+    event_to_pb,
+    model_info_to_pb,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+_STATUS_CODES: dict[type[OutpostError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code_for(error: OutpostError) -> grpc.StatusCode:
+    for kind, code in _STATUS_CODES.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, inference: Inference) -> None:
+        self._inference = inference
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            stream = await self._inference.start_completion(completion_request_from_pb(request))
+        except OutpostError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+        async for message in _relay(stream, context):
+            yield message
+
+    async def Chat(
+        self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            stream = await self._inference.start_chat(chat_request_from_pb(request))
+        except OutpostError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+        async for message in _relay(stream, context):
+            yield message
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_info_to_pb(m) for m in self._inference.models()])
+
+
+async def _relay(
+    stream: GenerationStream, context: grpc.aio.ServicerContext
+) -> AsyncIterator[pb.GenerateResponse]:
+    """Forwards events; a cancelled RPC (client gone, deadline) closes the stream, which stops
+    the generation."""
+    try:
+        async with aclosing(stream.events()) as events:
+            async for event in events:
+                yield event_to_pb(event)
+    except GenerationFailed as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
+
+
+class GrpcFrontEnd:
+    """Owns the grpc.aio server, its port and the health status of the inference service."""
+
+    def __init__(self, inference: Inference, *, max_message_bytes: int) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+        )
+        servicer = InferenceServicer(inference)
+        pb_grpc.add_InferenceServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self.set_serving(False)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        await self.server.start()
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace_seconds: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)

@@ -1,0 +1,269 @@
+"""The agent's OpenAI-compatible HTTP API (Litestar), with Kubernetes-style health probes."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from litestar import Litestar, Request, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Response, Stream
+
+from agent.inference import Inference
+from agent.model_runner import GenerationFailed, GenerationStream
+from agent.openai_schema import (
+    StreamOptions,
+    chat_request,
+    completion_request,
+    parse_json_object,
+    stream_options,
+)
+from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
+from common.inference import Finished, TextDelta, Usage
+
+_ERRORS: dict[type[OutpostError], tuple[int, str]] = {
+    InvalidArgument: (400, "invalid_request_error"),
+    NotFound: (404, "not_found_error"),
+    ResourceExhausted: (429, "rate_limit_error"),
+    Unavailable: (503, "service_unavailable"),
+}
+
+
+def error_response(
+    status: int, message: str, error_type: str, code: str | None = None
+) -> Response[Any]:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return Response(content=body, status_code=status, media_type="application/json")
+
+
+def _outpost_error(_: Request[Any, Any, Any], exc: OutpostError) -> Response[Any]:
+    for kind, (status, error_type) in _ERRORS.items():
+        if isinstance(exc, kind):
+            return error_response(status, str(exc), error_type)
+    return error_response(500, str(exc), "server_error")
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:
+        return error_response(
+            413, "request body is too large", "invalid_request_error", "request_too_large"
+        )
+    error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(exc.status_code, str(exc.detail), error_type)
+
+
+def _generation_failed(_: Request[Any, Any, Any], exc: GenerationFailed) -> Response[Any]:
+    return error_response(500, f"generation failed: {exc}", "server_error")
+
+
+def _sse(payload: object) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+async def _collect(stream: GenerationStream) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async with aclosing(stream.events()) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                return "".join(parts), event
+    raise GenerationFailed("the stream ended without a finish event")
+
+
+class OpenAIRoutes:
+    """Builds the route handlers around one Inference instance."""
+
+    def __init__(self, inference: Inference) -> None:
+        self.inference = inference
+
+    def handlers(self) -> list[Any]:
+        inference = self.inference
+
+        @get("/healthz", sync_to_thread=False)
+        def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @get("/readyz", sync_to_thread=False)
+        def readyz() -> Response[Any]:
+            if inference.ready:
+                return Response({"status": "ready"}, status_code=200)
+            return Response({"status": "loading"}, status_code=503)
+
+        @get("/v1/models", sync_to_thread=False)
+        def models() -> dict[str, Any]:
+            return {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m.alias,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "outpost",
+                        "ready": m.ready,
+                        "context_length": m.context_length,
+                        "sha256": m.sha256,
+                    }
+                    for m in inference.models()
+                ],
+            }
+
+        @post("/v1/chat/completions", status_code=200)
+        async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+            body = parse_json_object(await request.body())
+            options = stream_options(body)
+            chat = chat_request(body)
+            stream = await inference.start_chat(chat)
+            ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            if options.stream:
+                chunk = _chat_chunk_maker(ident, created, chat.model)
+                first = chunk(None, None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                return Stream(
+                    _sse_events(stream, chunk, options, first),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            text, finished = await _collect(stream)
+            return Response(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": chat.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": finished.reason.value,
+                        }
+                    ],
+                    "usage": _usage(finished.usage),
+                }
+            )
+
+        @post("/v1/completions", status_code=200)
+        async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+            body = parse_json_object(await request.body())
+            options = stream_options(body)
+            completion = completion_request(body)
+            stream = await inference.start_completion(completion)
+            ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+            if options.stream:
+                return Stream(
+                    _sse_events(
+                        stream, _completion_chunk_maker(ident, created, completion.model), options
+                    ),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            text, finished = await _collect(stream)
+            return Response(
+                {
+                    "id": ident,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": completion.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": text,
+                            "logprobs": None,
+                            "finish_reason": finished.reason.value,
+                        }
+                    ],
+                    "usage": _usage(finished.usage),
+                }
+            )
+
+        return [healthz, readyz, models, chat_completions, completions]
+
+
+ChunkMaker = Callable[[str | None, str | None], dict[str, Any]]
+
+
+def _chat_chunk_maker(ident: str, created: int, model: str) -> ChunkMaker:
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        delta = {} if text is None else {"content": text}
+        return {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    return chunk
+
+
+def _completion_chunk_maker(ident: str, created: int, model: str) -> ChunkMaker:
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            ],
+        }
+
+    return chunk
+
+
+async def _sse_events(
+    stream: GenerationStream,
+    chunk: ChunkMaker,
+    options: StreamOptions,
+    first: dict[str, Any] | None = None,
+) -> AsyncIterator[str]:
+    """OpenAI's streaming format: chunks, a finish chunk, optional usage, then [DONE]."""
+    if first is not None:
+        yield _sse(first)
+    try:
+        async with aclosing(stream.events()) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield _sse(chunk(event.text, None))
+                    continue
+                yield _sse(chunk(None, event.reason.value))
+                if options.include_usage:
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event.usage)})
+    except GenerationFailed as exc:
+        # The status line is sent already: report the failure in-band, as OpenAI does.
+        yield _sse(
+            {
+                "error": {
+                    "message": f"generation failed: {exc}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
+    yield "data: [DONE]\n\n"
+
+
+def create_app(inference: Inference, *, max_request_bytes: int) -> Litestar:
+    return Litestar(
+        route_handlers=OpenAIRoutes(inference).handlers(),
+        exception_handlers={
+            OutpostError: _outpost_error,
+            HTTPException: _http_error,
+            GenerationFailed: _generation_failed,
+        },
+        request_max_body_size=max_request_bytes,
+        openapi_config=None,
+    )

@@ -1,0 +1,103 @@
+"""Runs one model's generations on its own thread, one at a time, behind a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
+from agent.engine.protocol import ModelBackend, ResolvedSampling
+from common.errors import ResourceExhausted
+from common.inference import Finished, GenerationEvent
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class GenerationFailed(Exception):
+    """The backend raised while generating; the model stays usable for the next request."""
+
+
+class GenerationStream:
+    """The events of one admitted generation. Leaving `events()` early cancels the generation."""
+
+    def __init__(self, queue: asyncio.Queue[object], cancelled: threading.Event) -> None:
+        self._queue = queue
+        self._cancelled = cancelled
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, GenerationFailed):
+                    raise item
+                event = cast(GenerationEvent, item)
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self.cancel()
+
+
+class ModelRunner:
+    """Serialises access to one backend (llama.cpp contexts are not thread-safe).
+
+    At most one generation runs; up to `queue_depth` more wait in FIFO order. A request that
+    finds the queue full is refused at once with ResourceExhausted. A caller that goes away
+    stops its generation at the next token, or before it starts while it is still queued.
+    """
+
+    def __init__(self, alias: str, backend: ModelBackend, *, queue_depth: int) -> None:
+        self.alias = alias
+        self.backend = backend
+        self.queue_depth = queue_depth
+        self.description = backend.describe()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{alias}")
+        self._admitted = 0  # jobs submitted and not yet done; event loop thread only
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted behind the running one."""
+        return max(self._admitted - 1, 0)
+
+    def start(self, prompt_tokens: Sequence[int], sampling: ResolvedSampling) -> GenerationStream:
+        """Admits a generation or raises ResourceExhausted at once; must run on the event loop."""
+        if self._admitted > self.queue_depth:
+            raise ResourceExhausted(
+                f"model {self.alias!r} is busy: {self.waiting} requests are already queued "
+                f"(limit {self.queue_depth}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def run() -> None:
+            try:
+                for event in self.backend.generate(prompt_tokens, sampling, cancelled):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except Exception as exc:  # reported to the caller; the worker thread lives on
+                log.exception("generation on model %r failed", self.alias)
+                loop.call_soon_threadsafe(queue.put_nowait, GenerationFailed(str(exc)))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        self._admitted += 1
+        job = loop.run_in_executor(self._executor, run)
+        job.add_done_callback(self._release)
+        return GenerationStream(queue, cancelled)
+
+    def _release(self, job: asyncio.Future[None]) -> None:
+        self._admitted -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.backend.close()

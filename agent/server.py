@@ -1,0 +1,123 @@
+"""Assembles the agent: model pool, gRPC and HTTP front ends on one event loop, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import uvicorn
+
+from agent.grpc_api import GrpcFrontEnd
+from agent.http_api import create_app
+from agent.inference import Inference
+from agent.model_pool import BackendFactory, ModelPool
+from agent.request_validation import RequestLimits
+from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    grpc: int
+    http: int
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """Leaves signal handling to the agent, which owns the process and both servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class AgentServer:
+    """Runs until `request_stop()`; servers answer at once, health turns SERVING when loaded."""
+
+    def __init__(self, settings: AgentSettings, backend_factory: BackendFactory) -> None:
+        self._settings = settings
+        self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
+        self.inference = Inference(
+            self.pool,
+            RequestLimits(
+                max_tokens_limit=settings.max_tokens_limit,
+                default_max_tokens=settings.default_max_tokens,
+                max_stop_sequences=settings.max_stop_sequences,
+            ),
+        )
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request_stop(self) -> None:
+        """Thread-safe: asks a running server to shut down."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self, on_listening: asyncio.Future[BoundPorts] | None = None) -> None:
+        settings = self._settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        grpc_front = GrpcFrontEnd(self.inference, max_message_bytes=settings.max_request_bytes)
+        http_socket = _bind(settings.host, settings.http_port)
+        http_server = _EmbeddedUvicorn(
+            uvicorn.Config(
+                create_app(self.inference, max_request_bytes=settings.max_request_bytes),
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+            )
+        )
+        try:
+            grpc_port = await grpc_front.start(settings.host, settings.grpc_port)
+            if grpc_port == 0:
+                raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+            http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
+            ports = BoundPorts(grpc=grpc_port, http=http_socket.getsockname()[1])
+            log.info("gRPC listening on %s:%d", settings.host, ports.grpc)
+            log.info("HTTP listening on http://%s:%d", settings.host, ports.http)
+            if on_listening is not None:
+                on_listening.set_result(ports)
+            load_task = asyncio.create_task(self._load(grpc_front))
+            stop_task = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                {load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if load_task in done and load_task.exception() is None:
+                await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (load_task, stop_task):
+                task.cancel()
+            log.info("shutting down")
+            await grpc_front.stop(SHUTDOWN_GRACE_SECONDS)
+            http_server.should_exit = True
+            await http_task
+            if load_task.done() and not load_task.cancelled() and load_task.exception():
+                raise load_task.exception()  # type: ignore[misc]
+        finally:
+            http_socket.close()
+            await asyncio.to_thread(self.pool.close)
+
+    async def _load(self, grpc_front: GrpcFrontEnd) -> None:
+        await self.pool.load_all()
+        await grpc_front.set_serving(True)
+        log.info("all models loaded; serving")

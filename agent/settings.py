@@ -1,0 +1,162 @@
+"""The agent's typed settings: defaults, then a TOML file, then environment, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "OUTPOST_AGENT_"
+
+
+class SettingsError(Exception):
+    """The configuration is invalid; the message names the file, key or variable."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One model the agent serves."""
+
+    path: Path
+    alias: str
+    context_length: int = 4096
+    gpu_layers: int = 0
+    threads: int = 0  # 0: one per CPU core
+    batch_size: int = 512
+    queue_depth: int = 16
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    models: tuple[ModelSettings, ...] = ()
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_port: int = 8080
+    max_tokens_limit: int = 2048
+    default_max_tokens: int = 256
+    max_request_bytes: int = 1024 * 1024
+    max_stop_sequences: int = 8
+    log_level: str = "INFO"
+
+
+_INT_FIELDS = {
+    "grpc_port",
+    "http_port",
+    "max_tokens_limit",
+    "default_max_tokens",
+    "max_request_bytes",
+    "max_stop_sequences",
+}
+_MODEL_INT_FIELDS = {"context_length", "gpu_layers", "threads", "batch_size", "queue_depth"}
+_AGENT_KEYS = {f.name for f in fields(AgentSettings)} - {"models"}
+_MODEL_KEYS = {f.name for f in fields(ModelSettings)}
+
+
+def _as_int(value: object, where: str) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise SettingsError(f"{where}: expected an integer, got {value!r}")
+
+
+def _model_from_table(table: Mapping[str, Any], where: str) -> ModelSettings:
+    unknown = set(table) - _MODEL_KEYS
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "path" not in table:
+        raise SettingsError(f"{where}: 'path' is required")
+    path = Path(str(table["path"]))
+    values: dict[str, Any] = {"path": path, "alias": str(table.get("alias") or path.stem)}
+    for key in _MODEL_INT_FIELDS & set(table):
+        values[key] = _as_int(table[key], f"{where}.{key}")
+    return ModelSettings(**values)
+
+
+def _apply(settings: AgentSettings, values: Mapping[str, Any], where: str) -> AgentSettings:
+    unknown = set(values) - _AGENT_KEYS
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        changes[key] = _as_int(value, f"{where} {key}") if key in _INT_FIELDS else str(value)
+    return replace(settings, **changes)
+
+
+def load_toml(path: Path) -> AgentSettings:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    tables = document.pop("models", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise SettingsError(f"{path}: 'models' must be an array of tables ([[models]])")
+    models = tuple(
+        _model_from_table(t, f"{path} [[models]] #{i + 1}") for i, t in enumerate(tables)
+    )
+    return replace(_apply(AgentSettings(), document, str(path)), models=models)
+
+
+def apply_environment(settings: AgentSettings, environ: Mapping[str, str]) -> AgentSettings:
+    """Overrides top-level settings from OUTPOST_AGENT_<KEY> variables (e.g. ..._HTTP_PORT)."""
+    values = {
+        name[len(ENV_PREFIX) :].lower(): value
+        for name, value in environ.items()
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() in _AGENT_KEYS
+    }
+    return _apply(settings, values, "environment")
+
+
+def apply_overrides(settings: AgentSettings, overrides: Mapping[str, Any]) -> AgentSettings:
+    """Applies CLI flags; None values mean "not given"."""
+    return _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
+
+
+def validate(settings: AgentSettings) -> AgentSettings:
+    if not settings.models:
+        raise SettingsError(
+            "no model configured: pass --model PATH or add [[models]] to the config"
+        )
+    aliases = [m.alias for m in settings.models]
+    duplicates = sorted({a for a in aliases if aliases.count(a) > 1})
+    if duplicates:
+        raise SettingsError(f"model alias(es) used twice: {', '.join(duplicates)}")
+    for port_name in ("grpc_port", "http_port"):
+        port = getattr(settings, port_name)
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"{port_name} must be between 0 and 65535, got {port}")
+    if settings.grpc_port == settings.http_port and settings.grpc_port != 0:
+        raise SettingsError(f"grpc_port and http_port are both {settings.grpc_port}")
+    if not 1 <= settings.default_max_tokens <= settings.max_tokens_limit:
+        raise SettingsError("default_max_tokens must be between 1 and max_tokens_limit")
+    if settings.max_request_bytes < 1024:
+        raise SettingsError("max_request_bytes must be at least 1024")
+    for model in settings.models:
+        if (
+            not model.alias
+            or not model.alias.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            raise SettingsError(f"model alias {model.alias!r}: use letters, digits, '-', '_', '.'")
+        if model.context_length < 64:
+            raise SettingsError(f"model {model.alias}: context_length must be at least 64")
+        if model.queue_depth < 0 or model.batch_size < 1 or model.threads < 0:
+            raise SettingsError(
+                f"model {model.alias}: queue_depth, batch_size, threads out of range"
+            )
+    return settings
+
+
+def resolve_threads(model: ModelSettings) -> int:
+    return model.threads or os.cpu_count() or 1

@@ -1,0 +1,1 @@
+"""Code that the agent and the control plane both run: domain types, errors, wire conversion."""

@@ -1,0 +1,23 @@
+"""Errors every API layer maps to its own status codes (gRPC codes, HTTP statuses)."""
+
+from __future__ import annotations
+
+
+class OutpostError(Exception):
+    """Base of the errors a caller is told about; the message is safe to show them."""
+
+
+class InvalidArgument(OutpostError):
+    """The request is malformed or asks for something out of range."""
+
+
+class NotFound(OutpostError):
+    """The request names something (a model alias) that does not exist."""
+
+
+class ResourceExhausted(OutpostError):
+    """A bounded resource (a request queue, a message size) is full or exceeded."""
+
+
+class Unavailable(OutpostError):
+    """The service cannot answer now (models still loading, shutting down)."""

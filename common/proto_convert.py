@@ -1,0 +1,121 @@
+"""The one place protobuf messages become domain types and back; nothing else imports *_pb2."""
+
+from __future__ import annotations
+
+from outpost.v1 import inference_pb2 as pb
+
+from common.inference import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    ModelInfo,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
+
+_FINISH_TO_PB = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+
+
+def sampling_from_pb(message: pb.SamplingParams) -> SamplingParams:
+    def opt(name: str) -> object:
+        return getattr(message, name) if message.HasField(name) else None
+
+    return SamplingParams(
+        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
+        temperature=opt("temperature"),  # type: ignore[arg-type]
+        top_p=opt("top_p"),  # type: ignore[arg-type]
+        top_k=opt("top_k"),  # type: ignore[arg-type]
+        min_p=opt("min_p"),  # type: ignore[arg-type]
+        repeat_penalty=opt("repeat_penalty"),  # type: ignore[arg-type]
+        seed=opt("seed"),  # type: ignore[arg-type]
+        stop=tuple(message.stop),
+    )
+
+
+def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
+    message = pb.SamplingParams(stop=list(params.stop))
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):
+        value = getattr(params, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def completion_request_from_pb(message: pb.GenerateRequest) -> CompletionRequest:
+    return CompletionRequest(
+        model=message.model, prompt=message.prompt, sampling=sampling_from_pb(message.sampling)
+    )
+
+
+def completion_request_to_pb(request: CompletionRequest) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        model=request.model, prompt=request.prompt, sampling=sampling_to_pb(request.sampling)
+    )
+
+
+def chat_request_from_pb(message: pb.ChatRequest) -> ChatRequest:
+    return ChatRequest(
+        model=message.model,
+        messages=tuple(ChatMessage(role=m.role, content=m.content) for m in message.messages),
+        sampling=sampling_from_pb(message.sampling),
+    )
+
+
+def chat_request_to_pb(request: ChatRequest) -> pb.ChatRequest:
+    return pb.ChatRequest(
+        model=request.model,
+        messages=[pb.ChatMessage(role=m.role, content=m.content) for m in request.messages],
+        sampling=sampling_to_pb(request.sampling),
+    )
+
+
+def event_to_pb(event: GenerationEvent) -> pb.GenerateResponse:
+    if isinstance(event, TextDelta):
+        return pb.GenerateResponse(text=event.text)
+    return pb.GenerateResponse(
+        finish_reason=_FINISH_TO_PB[event.reason],
+        usage=pb.Usage(
+            prompt_tokens=event.usage.prompt_tokens,
+            completion_tokens=event.usage.completion_tokens,
+        ),
+    )
+
+
+def event_from_pb(message: pb.GenerateResponse) -> GenerationEvent:
+    if message.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        return TextDelta(message.text)
+    return Finished(
+        reason=_FINISH_FROM_PB[message.finish_reason],
+        usage=Usage(message.usage.prompt_tokens, message.usage.completion_tokens),
+    )
+
+
+def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        alias=info.alias,
+        sha256=info.sha256,
+        architecture=info.architecture,
+        context_length=info.context_length,
+        size_bytes=info.size_bytes,
+        ready=info.ready,
+    )
+
+
+def model_info_from_pb(message: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        alias=message.alias,
+        sha256=message.sha256,
+        architecture=message.architecture,
+        context_length=message.context_length,
+        size_bytes=message.size_bytes,
+        ready=message.ready,
+    )

@@ -1,0 +1,1 @@
+"""Outpost control plane: fleet registry, enrollment and policy (grows with later issues)."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of Outpost's APIs (regenerate with protos/generate.py)."""

@@ -1,0 +1,1 @@
+"""Outpost API version 1: generated stubs, committed beside their .proto sources."""
