@@ -266,4 +266,5 @@ def create_app(inference: Inference, *, max_request_bytes: int) -> Litestar:
         },
         request_max_body_size=max_request_bytes,
         openapi_config=None,
+        logging_config=None,  # the agent configures logging for the whole process
     )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.engine.protocol import ModelBackend
-from agent.model_file import ModelFile, inspect_model_file, sha256_of
+from agent.model_file import ModelFile, ModelFileError, inspect_model_file, sha256_of
 from agent.model_runner import ModelRunner
 from agent.settings import ModelSettings
 from common.errors import NotFound, Unavailable
@@ -42,7 +42,12 @@ class ModelPool:
         for alias, slot in self._slots.items():
             log.info("loading model %r from %s", alias, slot.settings.path)
             slot.sha256 = await asyncio.to_thread(sha256_of, slot.settings.path)
-            backend = await asyncio.to_thread(self._factory, slot.settings)
+            try:
+                backend = await asyncio.to_thread(self._factory, slot.settings)
+            except Exception as exc:  # llama.cpp reports load failures as plain exceptions
+                raise ModelFileError(
+                    f"model file {slot.settings.path} failed to load: {exc}"
+                ) from exc
             slot.runner = ModelRunner(alias, backend, queue_depth=slot.settings.queue_depth)
             log.info("model %r ready (sha256 %s)", alias, slot.sha256)
 

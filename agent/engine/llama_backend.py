@@ -99,7 +99,6 @@ class LlamaCppBackend:
         if cancelled.is_set():
             yield Finished(FinishReason.CANCELLED, Usage(len(prompt_tokens), 0))
             return
-        self._llama.reset()  # type: ignore[no-untyped-call]
         self._llama.set_seed(sampling.seed)
         tokens = self._llama.generate(
             prompt_tokens,
@@ -108,7 +107,7 @@ class LlamaCppBackend:
             min_p=sampling.min_p,
             temp=sampling.temperature,
             repeat_penalty=sampling.repeat_penalty,
-            reset=True,
+            reset=True,  # keeps the KV cells of the prefix shared with the previous request
         )
         try:
             for token in tokens:
