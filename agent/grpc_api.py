@@ -8,8 +8,6 @@ from contextlib import aclosing
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from outpost.v1 import inference_pb2 as pb
-from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 from agent.inference import Inference
 from agent.model_runner import GenerationFailed, GenerationStream
@@ -20,6 +18,8 @@ from common.proto_convert import (
     event_to_pb,
     model_info_to_pb,
 )
+from outpost.v1 import inference_pb2 as pb
+from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def _relay(
     """Forwards events; a cancelled RPC (client gone, deadline) closes the stream, which stops
     the generation."""
     try:
-        async with aclosing(stream.events()) as events:
+        async with aclosing(stream) as events:
             async for event in events:
                 yield event_to_pb(event)
     except GenerationFailed as exc:

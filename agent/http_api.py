@@ -74,7 +74,7 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 async def _collect(stream: GenerationStream) -> tuple[str, Finished]:
     parts: list[str] = []
-    async with aclosing(stream.events()) as events:
+    async with aclosing(stream) as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 parts.append(event.text)
@@ -233,7 +233,7 @@ async def _sse_events(
     if first is not None:
         yield _sse(first)
     try:
-        async with aclosing(stream.events()) as events:
+        async with aclosing(stream) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
                     yield _sse(chunk(event.text, None))

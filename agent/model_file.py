@@ -40,8 +40,10 @@ def inspect_model_file(path: Path) -> ModelFile:
 
     try:
         reader = GGUFReader(path, "r")
-    except Exception as exc:  # the reader raises many types on damaged headers
-        raise ModelFileError(f"model file {path} has a damaged GGUF header: {exc}") from exc
+    except Exception as exc:  # the reader raises many types on damaged files
+        # gguf maps each tensor's data while it reads the tensor table, so a file cut short
+        # inside its tensor data fails here too, with numpy's words for it.
+        raise ModelFileError(f"model file {path} is truncated or damaged: {exc}") from exc
     needed = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if not reader.tensors:
         raise ModelFileError(f"model file {path} holds no tensors")

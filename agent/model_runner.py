@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -23,29 +23,45 @@ class GenerationFailed(Exception):
 
 
 class GenerationStream:
-    """The events of one admitted generation. Leaving `events()` early cancels the generation."""
+    """The events of one admitted generation, as an async iterator.
+
+    Closing it (`aclose()`, or dropping it unread) cancels the generation.
+    """
 
     def __init__(self, queue: asyncio.Queue[object], cancelled: threading.Event) -> None:
         self._queue = queue
         self._cancelled = cancelled
+        self._done = False
 
     def cancel(self) -> None:
         self._cancelled.set()
 
-    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if self._done:
+            raise StopAsyncIteration
         try:
-            while True:
-                item = await self._queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, GenerationFailed):
-                    raise item
-                event = cast(GenerationEvent, item)
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
+            item = await self._queue.get()
+        except asyncio.CancelledError:  # the consumer went away (client gone, deadline)
             self.cancel()
+            raise
+        if item is _END:
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(item, GenerationFailed):
+            self._done = True
+            raise item
+        event = cast(GenerationEvent, item)
+        self._done = isinstance(event, Finished)
+        return event
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        self._cancelled.set()
 
 
 class ModelRunner:

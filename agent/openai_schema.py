@@ -20,7 +20,9 @@ class StreamOptions:
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise InvalidArgument("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise InvalidArgument("request body must be a JSON object")
@@ -44,9 +46,13 @@ def _number(body: dict[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"'{key}' must be a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidArgument(f"'{key}' is out of range") from None
+    if not math.isfinite(number):
         raise InvalidArgument(f"'{key}' must be finite")
-    return float(value)
+    return number
 
 
 def _integer(body: dict[str, Any], key: str) -> int | None:
@@ -95,7 +101,9 @@ def stream_options(body: dict[str, Any]) -> StreamOptions:
         stream = False
     if not isinstance(stream, bool):
         raise InvalidArgument("'stream' must be a boolean")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise InvalidArgument("'stream_options' must be an object")
     include_usage = options.get("include_usage", False)

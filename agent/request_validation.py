@@ -35,7 +35,9 @@ class SamplingDefaults:
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
+    # Integers are compared exactly: a huge one must not overflow a float conversion.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not (finite and low <= value <= high):
         raise InvalidArgument(f"{name} must be between {low:g} and {high:g}, got {value!r}")
 
 

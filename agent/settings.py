@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "OUTPOST_AGENT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class SettingsError(Exception):
@@ -141,6 +142,10 @@ def validate(settings: AgentSettings) -> AgentSettings:
         raise SettingsError(f"grpc_port and http_port are both {settings.grpc_port}")
     if not 1 <= settings.default_max_tokens <= settings.max_tokens_limit:
         raise SettingsError("default_max_tokens must be between 1 and max_tokens_limit")
+    if settings.max_stop_sequences < 0:
+        raise SettingsError("max_stop_sequences must not be negative")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if settings.max_request_bytes < 1024:
         raise SettingsError("max_request_bytes must be at least 1024")
     for model in settings.models:

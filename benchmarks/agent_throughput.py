@@ -26,10 +26,10 @@ import grpc
 import httpx
 import llama_cpp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from outpost.v1 import inference_pb2 as pb
-from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 from agent.demo_model import default_cache_dir, ensure_demo_model
+from outpost.v1 import inference_pb2 as pb
+from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 PROMPT = "1, 2, 3, 4, 5,"  # greedy decoding counts on: every run yields exactly --tokens tokens
 CONTEXT = 1024

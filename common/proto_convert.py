@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from outpost.v1 import inference_pb2 as pb
-
 from common.inference import (
     ChatMessage,
     ChatRequest,
@@ -16,6 +14,7 @@ from common.inference import (
     TextDelta,
     Usage,
 )
+from outpost.v1 import inference_pb2 as pb
 
 _FINISH_TO_PB = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,

@@ -11,13 +11,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 from agent.engine.protocol import BackendDescription, ModelBackend, ResolvedSampling
 from agent.model_pool import BackendFactory
 from agent.server import AgentServer, BoundPorts
 from agent.settings import AgentSettings, ModelSettings
 from common.inference import ChatMessage, Finished, GenerationEvent
+from outpost.v1 import inference_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 60.0
 

@@ -44,3 +44,5 @@ class ChatTemplate:
             raise
         except TemplateError as exc:
             raise InvalidArgument(f"chat template failed to render: {exc}") from exc
+        except Exception as exc:  # a template is code from a file: any error is the template's
+            raise InvalidArgument(f"chat template failed to render: {exc!r}") from exc

@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
-from outpost.v1 import inference_pb2 as pb
 
 from common.inference import FinishReason
+from outpost.v1 import inference_pb2 as pb
 from tests.agent_harness import GenerationLog, RunningAgent
 from tests.conftest import CONTEXT_LENGTH, COUNTING_PROMPT, MODEL_ALIAS
 

@@ -51,6 +51,24 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
     assert_openai_error(response, 400, "not valid JSON")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # nesting deep enough to exhaust a recursive parser
+        b'{"model": "smol", "prompt": "x", "seed": 1' + b"0" * 5000 + b"}",  # over-long integer
+        b'{"model": "smol", "prompt": "x", "temperature": 1' + b"0" * 400 + b"}",  # float overflow
+        b'{"model": "smol", "prompt": "x", "top_k": 1' + b"0" * 400 + b"}",
+    ],
+    ids=["deep-nesting", "long-integer", "huge-temperature", "huge-top_k"],
+)
+def test_hostile_json_is_400(http: httpx.Client, body: bytes) -> None:
+    response = http.post(
+        "/v1/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_json_that_is_not_an_object_is_400(http: httpx.Client) -> None:
     assert_openai_error(http.post("/v1/completions", json=["a", "b"]), 400, "JSON object")
 

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from outpost.v1 import inference_pb2 as pb
 
+from outpost.v1 import inference_pb2 as pb
 from tests.agent_harness import GenerationLog, RunningAgent
 from tests.conftest import COUNTING_PROMPT, MODEL_ALIAS
 
