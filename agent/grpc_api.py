@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 
 import grpc
@@ -47,21 +47,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        try:
-            stream = await self._inference.start_completion(completion_request_from_pb(request))
-        except OutpostError as exc:
-            await context.abort(status_code_for(exc), str(exc))
-        async for message in _relay(stream, context):
+        start = self._inference.start_completion(completion_request_from_pb(request))
+        async for message in _relay(start, context):
             yield message
 
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        try:
-            stream = await self._inference.start_chat(chat_request_from_pb(request))
-        except OutpostError as exc:
-            await context.abort(status_code_for(exc), str(exc))
-        async for message in _relay(stream, context):
+        start = self._inference.start_chat(chat_request_from_pb(request))
+        async for message in _relay(start, context):
             yield message
 
     async def ListModels(
@@ -71,10 +65,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
 
 async def _relay(
-    stream: GenerationStream, context: grpc.aio.ServicerContext
+    start: Awaitable[GenerationStream], context: grpc.aio.ServicerContext
 ) -> AsyncIterator[pb.GenerateResponse]:
-    """Forwards events; a cancelled RPC (client gone, deadline) closes the stream, which stops
-    the generation."""
+    """Admits the request, then forwards its events. A cancelled RPC (client gone, deadline)
+    closes the stream, which stops the generation."""
+    try:
+        stream = await start
+    except OutpostError as exc:
+        await context.abort(status_code_for(exc), str(exc))
     try:
         async with aclosing(stream) as events:
             async for event in events:

@@ -127,18 +127,12 @@ class OpenAIRoutes:
             chat = chat_request(body)
             stream = await inference.start_chat(chat)
             ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            if options.stream:
-                chunk = _chat_chunk_maker(ident, created, chat.model)
-                first = chunk(None, None)
-                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-                return Stream(
-                    _sse_events(stream, chunk, options, first),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache"},
-                )
-            text, finished = await _collect(stream)
-            return Response(
-                {
+            chunk = _chat_chunk_maker(ident, created, chat.model)
+            first = chunk(None, None)
+            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+
+            def whole(text: str, finished: Finished) -> dict[str, Any]:
+                return {
                     "id": ident,
                     "object": "chat.completion",
                     "created": created,
@@ -152,7 +146,8 @@ class OpenAIRoutes:
                     ],
                     "usage": _usage(finished.usage),
                 }
-            )
+
+            return await _respond(stream, options, chunk, whole, first)
 
         @post("/v1/completions", status_code=200)
         async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -161,37 +156,35 @@ class OpenAIRoutes:
             completion = completion_request(body)
             stream = await inference.start_completion(completion)
             ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-            if options.stream:
-                return Stream(
-                    _sse_events(
-                        stream, _completion_chunk_maker(ident, created, completion.model), options
-                    ),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache"},
-                )
-            text, finished = await _collect(stream)
-            return Response(
-                {
-                    "id": ident,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": completion.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": text,
-                            "logprobs": None,
-                            "finish_reason": finished.reason.value,
-                        }
-                    ],
-                    "usage": _usage(finished.usage),
-                }
-            )
+            chunk = _completion_chunk_maker(ident, created, completion.model)
+
+            def whole(text: str, finished: Finished) -> dict[str, Any]:
+                return {**chunk(text, finished.reason.value), "usage": _usage(finished.usage)}
+
+            return await _respond(stream, options, chunk, whole)
 
         return [healthz, readyz, models, chat_completions, completions]
 
 
 ChunkMaker = Callable[[str | None, str | None], dict[str, Any]]
+
+
+async def _respond(
+    stream: GenerationStream,
+    options: StreamOptions,
+    chunk: ChunkMaker,
+    whole: Callable[[str, Finished], dict[str, Any]],
+    first: dict[str, Any] | None = None,
+) -> Response[Any]:
+    """Streams the events as server-sent events, or waits for the whole text."""
+    if options.stream:
+        return Stream(
+            _sse_events(stream, chunk, options, first),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    text, finished = await _collect(stream)
+    return Response(whole(text, finished))
 
 
 def _chat_chunk_maker(ident: str, created: int, model: str) -> ChunkMaker:
