@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.demo_model import DemoModelError, default_cache_dir, ensure_demo_model
+from agent.engine.protocol import ModelBackend
 from agent.model_file import ModelFileError
 from agent.settings import (
     AgentSettings,
@@ -79,7 +80,7 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
     return validate(settings)
 
 
-def _llama_backend(model: ModelSettings):  # type: ignore[no-untyped-def]
+def _llama_backend(model: ModelSettings) -> ModelBackend:
     from agent.engine.llama_backend import LlamaCppBackend  # loads llama.cpp's shared library
 
     return LlamaCppBackend(

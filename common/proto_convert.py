@@ -25,17 +25,16 @@ _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 
 
 def sampling_from_pb(message: pb.SamplingParams) -> SamplingParams:
-    def opt(name: str) -> object:
-        return getattr(message, name) if message.HasField(name) else None
-
+    """Unset optional fields become None, so the agent's defaults apply."""
+    has = message.HasField
     return SamplingParams(
-        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
-        temperature=opt("temperature"),  # type: ignore[arg-type]
-        top_p=opt("top_p"),  # type: ignore[arg-type]
-        top_k=opt("top_k"),  # type: ignore[arg-type]
-        min_p=opt("min_p"),  # type: ignore[arg-type]
-        repeat_penalty=opt("repeat_penalty"),  # type: ignore[arg-type]
-        seed=opt("seed"),  # type: ignore[arg-type]
+        max_tokens=message.max_tokens if has("max_tokens") else None,
+        temperature=message.temperature if has("temperature") else None,
+        top_p=message.top_p if has("top_p") else None,
+        top_k=message.top_k if has("top_k") else None,
+        min_p=message.min_p if has("min_p") else None,
+        repeat_penalty=message.repeat_penalty if has("repeat_penalty") else None,
+        seed=message.seed if has("seed") else None,
         stop=tuple(message.stop),
     )
 

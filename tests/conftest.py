@@ -10,6 +10,7 @@ import pytest
 
 from agent.demo_model import default_cache_dir, ensure_demo_model
 from agent.engine.protocol import ModelBackend
+from agent.model_pool import BackendFactory
 from agent.settings import ModelSettings
 from tests.agent_harness import GenerationLog, RecordingBackend, RunningAgent, agent_settings
 
@@ -24,7 +25,7 @@ def demo_model() -> Path:
     return ensure_demo_model(default_cache_dir(os.environ))
 
 
-def llama_factory(log: GenerationLog | None = None):  # type: ignore[no-untyped-def]
+def llama_factory(log: GenerationLog | None = None) -> BackendFactory:
     from agent.engine.llama_backend import LlamaCppBackend
 
     def factory(model: ModelSettings) -> ModelBackend:

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.demo_model import SMOLLM2
+from agent.engine.protocol import ModelBackend
 from agent.model_file import sha256_of
 from agent.settings import ModelSettings
 from tests.agent_harness import RunningAgent, agent_settings
@@ -153,7 +154,7 @@ def test_health_is_not_serving_until_models_are_loaded(demo_model: Path) -> None
     release = threading.Event()
     real_factory = llama_factory()
 
-    def gated_factory(model: ModelSettings):  # type: ignore[no-untyped-def]
+    def gated_factory(model: ModelSettings) -> ModelBackend:
         assert release.wait(60)
         return real_factory(model)
 
