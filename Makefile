@@ -36,8 +36,10 @@ protos: setup
 protos-check: setup
 	$(PY) protos/generate.py --check
 
+# The tests start their own throwaway PostgreSQL server from Debian's binaries (no service).
 pytest: setup
 	$(VENV)/bin/outpost-agent demo-model >/dev/null
+	test -d /usr/lib/postgresql || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint protos-check pytest

@@ -11,8 +11,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
+from agent.control.client import EnrollmentRefused
+from agent.control.identity import CaPinError, IdentityError
 from agent.demo_model import DemoModelError, default_cache_dir, ensure_demo_model
 from agent.engine.protocol import ModelBackend
 from agent.model_file import ModelFileError
@@ -26,8 +29,22 @@ from agent.settings import (
     resolve_threads,
     validate,
 )
+from common.certificates import normalize_fingerprint
+
+if TYPE_CHECKING:
+    from agent.server import Companion
 
 log = logging.getLogger("outpost.agent")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (0: any free port)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (0: any free port)")
+    parser.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask")
+    parser.add_argument("--threads", type=int, help="CPU threads per model (0: all cores)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,18 +53,25 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve GGUF models over gRPC and OpenAI HTTP")
-    serve.add_argument("--config", type=Path, help="TOML config file")
+    _add_server_options(serve)
     serve.add_argument("--model", type=Path, help="GGUF model file to serve")
     serve.add_argument("--alias", help="name clients use for --model (default: file stem)")
     serve.add_argument("--context-length", type=int, help="context size for --model")
     serve.add_argument("--gpu-layers", type=int, help="layers of --model to offload to GPU")
-    serve.add_argument("--threads", type=int, help="CPU threads for --model (0: all cores)")
     serve.add_argument("--queue-depth", type=int, help="requests that may wait for --model")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port (0: any free port)")
-    serve.add_argument("--http-port", type=int, help="HTTP port (0: any free port)")
-    serve.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask")
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+
+    run = commands.add_parser("run", help="serve what the control plane assigns (managed)")
+    _add_server_options(run)
+    run.add_argument("--state-dir", type=Path, help="identity, certificates, last desired state")
+    run.add_argument("--control-plane", help="HOST:PORT of the control plane (first start)")
+    run.add_argument("--join-token", help="single-use join token (first start)")
+    run.add_argument("--ca-fingerprint", help="sha256 of the control plane's CA (first start)")
+    run.add_argument(
+        "--insecure-control",
+        action="store_const",
+        const=True,
+        help="plain-text link to a demo control plane (never in production)",
+    )
 
     demo = commands.add_parser("demo-model", help="fetch, verify and print the demo model path")
     demo.add_argument("--cache-dir", type=Path, help="where to keep it")
@@ -57,16 +81,29 @@ def _parser() -> argparse.ArgumentParser:
 def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSettings:
     settings = load_toml(args.config) if args.config else AgentSettings()
     settings = apply_environment(settings, environ)
-    settings = apply_overrides(
-        settings,
-        {
-            "host": args.host,
-            "grpc_port": args.grpc_port,
-            "http_port": args.http_port,
-            "max_tokens_limit": args.max_tokens_limit,
-            "log_level": args.log_level,
-        },
-    )
+    overrides = {
+        "host": args.host,
+        "grpc_port": args.grpc_port,
+        "http_port": args.http_port,
+        "max_tokens_limit": args.max_tokens_limit,
+        "log_level": args.log_level,
+    }
+    if args.command == "run":
+        overrides |= {
+            "state_dir": args.state_dir,
+            "control_plane": args.control_plane,
+            "join_token": args.join_token,
+            "ca_fingerprint": args.ca_fingerprint,
+            "insecure_control": args.insecure_control,
+        }
+    settings = apply_overrides(settings, overrides)
+    if args.command == "run":
+        if settings.ca_fingerprint:
+            try:
+                normalize_fingerprint(settings.ca_fingerprint)
+            except ValueError as exc:
+                raise SettingsError(f"--ca-fingerprint: {exc}") from exc
+        return validate(settings, managed=True)
     if args.model is not None:
         model = ModelSettings(path=args.model, alias=args.alias or args.model.stem)
         model_overrides = {
@@ -92,10 +129,30 @@ def _llama_backend(model: ModelSettings) -> ModelBackend:
     )
 
 
-def _serve(settings: AgentSettings) -> int:
+def _managed_companion(settings: AgentSettings, threads: int | None) -> Companion:
+    from agent.control.client import ControlLinkSettings
+    from agent.managed import ManagedAgent
+
+    assert settings.state_dir is not None
+    if settings.insecure_control:
+        logging.getLogger("outpost.agent").warning(
+            "PLAIN-TEXT CONTROL LINK: nothing between this agent and the control plane is "
+            "encrypted or authenticated. Use this only for a local demo."
+        )
+    link = ControlLinkSettings(
+        control_plane=settings.control_plane,
+        join_token=settings.join_token,
+        ca_fingerprint=settings.ca_fingerprint,
+        insecure=settings.insecure_control,
+    )
+    defaults = ModelSettings(path=Path(), alias="model", threads=threads or 0)
+    return ManagedAgent(settings.state_dir, link, defaults)
+
+
+def _serve(settings: AgentSettings, companion: Companion | None = None) -> int:
     from agent.server import AgentServer
 
-    server = AgentServer(settings, _llama_backend)
+    server = AgentServer(settings, _llama_backend, companion)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -120,8 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if args.command == "run":
+            return _serve(settings, _managed_companion(settings, args.threads))
         return _serve(settings)
-    except (SettingsError, ModelFileError, DemoModelError) as exc:
+    except (
+        SettingsError,
+        ModelFileError,
+        DemoModelError,
+        EnrollmentRefused,
+        CaPinError,
+        IdentityError,
+    ) as exc:
         print(f"outpost-agent: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The models an agent serves, by alias: checked at start-up, loaded in the background."""
+"""The models an agent serves, by alias: checked, loaded in the background, swapped at run time."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.engine.protocol import ModelBackend
 from agent.model_file import ModelFile, ModelFileError, inspect_model_file, sha256_of
 from agent.model_runner import ModelRunner
 from agent.settings import ModelSettings
+from common.control import ItemState, ItemStatus
 from common.errors import NotFound, Unavailable
 from common.inference import ModelInfo
 
@@ -32,24 +34,71 @@ class ModelPool:
         """Inspects every model file at once; raises ModelFileError naming a bad one."""
         self._factory = backend_factory
         self._slots = {m.alias: _Slot(m, inspect_model_file(m.path)) for m in models}
+        self._failed: dict[str, ItemStatus] = {}
 
     @property
     def ready(self) -> bool:
         return all(slot.runner is not None for slot in self._slots.values())
 
     async def load_all(self) -> None:
-        """Loads each model on a worker thread; raises if any fails to load."""
-        for alias, slot in self._slots.items():
-            log.info("loading model %r from %s", alias, slot.settings.path)
-            slot.sha256 = await asyncio.to_thread(sha256_of, slot.settings.path)
+        """Loads each configured model on a worker thread; raises if any fails to load."""
+        for slot in list(self._slots.values()):
+            await self._load(slot)
+
+    async def _load(self, slot: _Slot) -> None:
+        path = slot.settings.path
+        log.info("loading model %r from %s", slot.settings.alias, path)
+        slot.sha256 = await asyncio.to_thread(sha256_of, path)
+        try:
+            backend = await asyncio.to_thread(self._factory, slot.settings)
+        except Exception as exc:  # llama.cpp reports load failures as plain exceptions
+            raise ModelFileError(f"model file {path} failed to load: {exc}") from exc
+        slot.runner = ModelRunner(
+            slot.settings.alias, backend, queue_depth=slot.settings.queue_depth
+        )
+        log.info("model %r ready (sha256 %s)", slot.settings.alias, slot.sha256)
+
+    async def apply(self, models: Sequence[ModelSettings]) -> list[ItemStatus]:
+        """Makes the pool serve exactly `models`; returns each model's outcome.
+
+        Unchanged models keep running; changed ones are loaded anew and swapped in; removed
+        ones stop taking requests at once and are closed after their running generation.
+        A model that fails to load is reported FAILED and not served; the others still are.
+        """
+        wanted = {m.alias: m for m in models}
+        for alias in [a for a, slot in self._slots.items() if wanted.get(a) != slot.settings]:
+            await self._remove(alias)
+        self._failed = {a: f for a, f in self._failed.items() if a in wanted}
+        for alias, settings in wanted.items():
+            if alias in self._slots:
+                continue
             try:
-                backend = await asyncio.to_thread(self._factory, slot.settings)
-            except Exception as exc:  # llama.cpp reports load failures as plain exceptions
-                raise ModelFileError(
-                    f"model file {slot.settings.path} failed to load: {exc}"
-                ) from exc
-            slot.runner = ModelRunner(alias, backend, queue_depth=slot.settings.queue_depth)
-            log.info("model %r ready (sha256 %s)", alias, slot.sha256)
+                slot = _Slot(settings, await asyncio.to_thread(inspect_model_file, settings.path))
+                await self._load(slot)
+            except ModelFileError as exc:
+                log.error("model %r not served: %s", alias, exc)
+                self._failed[alias] = ItemStatus("model", alias, ItemState.FAILED, str(exc))
+                continue
+            self._slots[alias] = slot
+            self._failed.pop(alias, None)
+        return self.item_statuses()
+
+    def item_statuses(self) -> list[ItemStatus]:
+        statuses = [
+            ItemStatus(
+                "model",
+                alias,
+                ItemState.READY if slot.runner is not None else ItemState.LOADING,
+            )
+            for alias, slot in self._slots.items()
+        ]
+        return statuses + list(self._failed.values())
+
+    async def _remove(self, alias: str) -> None:
+        slot = self._slots.pop(alias)
+        if slot.runner is not None:
+            log.info("unloading model %r", alias)
+            await asyncio.to_thread(slot.runner.close)
 
     def runner(self, alias: str) -> ModelRunner:
         slot = self._slots.get(alias)
@@ -59,6 +108,9 @@ class ModelPool:
         if slot.runner is None:
             raise Unavailable(f"model {alias!r} is still loading")
         return slot.runner
+
+    def model_paths(self) -> list[Path]:
+        return [slot.settings.path for slot in self._slots.values()]
 
     def describe(self) -> list[ModelInfo]:
         infos = []

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Generator
 from dataclasses import dataclass
-
-import uvicorn
+from typing import Protocol
 
 from agent.grpc_api import GrpcFrontEnd
 from agent.http_api import create_app
@@ -17,6 +13,7 @@ from agent.inference import Inference
 from agent.model_pool import BackendFactory, ModelPool
 from agent.request_validation import RequestLimits
 from agent.settings import AgentSettings
+from common.embedded_http import bind_listener, embedded_server
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +26,29 @@ class BoundPorts:
     http: int
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+class Companion(Protocol):
+    """Work that runs with the servers, e.g. the control-plane link of a managed agent."""
 
+    async def prepare(self, pool: ModelPool) -> None:
+        """Runs after the configured models are loaded and before health turns SERVING."""
+        ...
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """Leaves signal handling to the agent, which owns the process and both servers."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs while the agent serves, until `stop` is set; an error stops the agent."""
+        ...
 
 
 class AgentServer:
     """Runs until `request_stop()`; servers answer at once, health turns SERVING when loaded."""
 
-    def __init__(self, settings: AgentSettings, backend_factory: BackendFactory) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        backend_factory: BackendFactory,
+        companion: Companion | None = None,
+    ) -> None:
         self._settings = settings
+        self._companion = companion
         self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
         self.inference = Inference(
             self.pool,
@@ -70,7 +63,7 @@ class AgentServer:
 
     def request_stop(self) -> None:
         """Thread-safe: asks a running server to shut down."""
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def run(self, on_listening: asyncio.Future[BoundPorts] | None = None) -> None:
@@ -78,15 +71,9 @@ class AgentServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         grpc_front = GrpcFrontEnd(self.inference, max_message_bytes=settings.max_request_bytes)
-        http_socket = _bind(settings.host, settings.http_port)
-        http_server = _EmbeddedUvicorn(
-            uvicorn.Config(
-                create_app(self.inference, max_request_bytes=settings.max_request_bytes),
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
-            )
+        http_socket = bind_listener(settings.host, settings.http_port)
+        http_server = embedded_server(
+            create_app(self.inference, max_request_bytes=settings.max_request_bytes)
         )
         try:
             grpc_port = await grpc_front.start(settings.host, settings.grpc_port)
@@ -98,7 +85,7 @@ class AgentServer:
             log.info("HTTP listening on http://%s:%d", settings.host, ports.http)
             if on_listening is not None:
                 on_listening.set_result(ports)
-            load_task = asyncio.create_task(self._load(grpc_front))
+            load_task = asyncio.create_task(self._lifecycle(grpc_front, self._stop))
             stop_task = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait(
                 {load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED
@@ -117,7 +104,11 @@ class AgentServer:
             http_socket.close()
             await asyncio.to_thread(self.pool.close)
 
-    async def _load(self, grpc_front: GrpcFrontEnd) -> None:
+    async def _lifecycle(self, grpc_front: GrpcFrontEnd, stop: asyncio.Event) -> None:
         await self.pool.load_all()
+        if self._companion is not None:
+            await self._companion.prepare(self.pool)
         await grpc_front.set_serving(True)
-        log.info("all models loaded; serving")
+        log.info("models loaded; serving")
+        if self._companion is not None:
+            await self._companion.run(stop)

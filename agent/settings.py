@@ -41,6 +41,13 @@ class AgentSettings:
     max_request_bytes: int = 1024 * 1024
     max_stop_sequences: int = 8
     log_level: str = "INFO"
+    # Managed mode (`outpost-agent run`): where the agent keeps its identity and state, and
+    # how it reaches the control plane the first time.
+    state_dir: Path | None = None
+    control_plane: str = ""
+    join_token: str = ""
+    ca_fingerprint: str = ""
+    insecure_control: bool = False
 
 
 _INT_FIELDS = {
@@ -51,6 +58,8 @@ _INT_FIELDS = {
     "max_request_bytes",
     "max_stop_sequences",
 }
+_PATH_FIELDS = {"state_dir"}
+_BOOL_FIELDS = {"insecure_control"}
 _MODEL_INT_FIELDS = {"context_length", "gpu_layers", "threads", "batch_size", "queue_depth"}
 _AGENT_KEYS = {f.name for f in fields(AgentSettings)} - {"models"}
 _MODEL_KEYS = {f.name for f in fields(ModelSettings)}
@@ -88,8 +97,25 @@ def _apply(settings: AgentSettings, values: Mapping[str, Any], where: str) -> Ag
         raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     changes: dict[str, Any] = {}
     for key, value in values.items():
-        changes[key] = _as_int(value, f"{where} {key}") if key in _INT_FIELDS else str(value)
+        if key in _INT_FIELDS:
+            changes[key] = _as_int(value, f"{where} {key}")
+        elif key in _BOOL_FIELDS:
+            changes[key] = _as_bool(value, f"{where} {key}")
+        elif key in _PATH_FIELDS:
+            changes[key] = Path(str(value))
+        else:
+            changes[key] = str(value)
     return replace(settings, **changes)
+
+
+def _as_bool(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{where}: expected true or false, got {value!r}")
 
 
 def load_toml(path: Path) -> AgentSettings:
@@ -125,8 +151,11 @@ def apply_overrides(settings: AgentSettings, overrides: Mapping[str, Any]) -> Ag
     return _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
 
 
-def validate(settings: AgentSettings) -> AgentSettings:
-    if not settings.models:
+def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings:
+    """`managed`: models come from the control plane, and a state directory is required."""
+    if managed and settings.state_dir is None:
+        raise SettingsError("--state-dir is required to run a managed agent")
+    if not managed and not settings.models:
         raise SettingsError(
             "no model configured: pass --model PATH or add [[models]] to the config"
         )

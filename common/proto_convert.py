@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
+from common.control import (
+    AgentStatus,
+    DesiredState,
+    Enrollment,
+    Hardware,
+    Hello,
+    ItemState,
+    ItemStatus,
+    LocalModel,
+    ModelAssignment,
+)
+from common.errors import InvalidArgument
 from common.inference import (
     ChatMessage,
     ChatRequest,
@@ -14,6 +28,7 @@ from common.inference import (
     TextDelta,
     Usage,
 )
+from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import inference_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -116,4 +131,126 @@ def model_info_from_pb(message: pb.ModelInfo) -> ModelInfo:
         context_length=message.context_length,
         size_bytes=message.size_bytes,
         ready=message.ready,
+    )
+
+
+# --- control plane <-> agent --------------------------------------------------------------
+
+_ITEM_STATE_TO_PB = {
+    ItemState.PENDING: cpb.ITEM_STATE_PENDING,
+    ItemState.LOADING: cpb.ITEM_STATE_LOADING,
+    ItemState.READY: cpb.ITEM_STATE_READY,
+    ItemState.FAILED: cpb.ITEM_STATE_FAILED,
+}
+_ITEM_STATE_FROM_PB = {v: k for k, v in _ITEM_STATE_TO_PB.items()}
+
+
+def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
+    return cpb.DesiredState(
+        generation=state.generation,
+        models=[
+            cpb.ModelAssignment(
+                alias=m.alias,
+                path=m.path,
+                context_length=m.context_length,
+                gpu_layers=m.gpu_layers,
+                queue_depth=m.queue_depth,
+            )
+            for m in state.models
+        ],
+        labels=dict(state.labels),
+    )
+
+
+def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
+    return DesiredState(
+        generation=message.generation,
+        models=tuple(
+            ModelAssignment(
+                alias=m.alias,
+                path=m.path,
+                context_length=m.context_length,
+                gpu_layers=m.gpu_layers,
+                queue_depth=m.queue_depth,
+            )
+            for m in message.models
+        ),
+        labels=MappingProxyType(dict(message.labels)),
+    )
+
+
+def hello_to_pb(hello: Hello) -> cpb.Hello:
+    hw = hello.hardware
+    return cpb.Hello(
+        agent_id=hello.agent_id,
+        version=hello.version,
+        hardware=cpb.Hardware(
+            hostname=hw.hostname,
+            os=hw.os,
+            cpu_model=hw.cpu_model,
+            cpu_cores=hw.cpu_cores,
+            memory_bytes=hw.memory_bytes,
+        ),
+        capabilities=list(hello.capabilities),
+        models=[cpb.LocalModel(path=m.path, size_bytes=m.size_bytes) for m in hello.models],
+        observed_generation=hello.observed_generation,
+    )
+
+
+def hello_from_pb(message: cpb.Hello) -> Hello:
+    hw = message.hardware
+    return Hello(
+        agent_id=message.agent_id,
+        version=message.version,
+        hardware=Hardware(
+            hostname=hw.hostname,
+            os=hw.os,
+            cpu_model=hw.cpu_model,
+            cpu_cores=hw.cpu_cores,
+            memory_bytes=hw.memory_bytes,
+        ),
+        capabilities=tuple(message.capabilities),
+        models=tuple(LocalModel(path=m.path, size_bytes=m.size_bytes) for m in message.models),
+        observed_generation=message.observed_generation,
+    )
+
+
+def status_to_pb(status: AgentStatus) -> cpb.Status:
+    return cpb.Status(
+        observed_generation=status.observed_generation,
+        items=[
+            cpb.ItemStatus(
+                kind=i.kind, name=i.name, state=_ITEM_STATE_TO_PB[i.state], error=i.error
+            )
+            for i in status.items
+        ],
+    )
+
+
+def status_from_pb(message: cpb.Status) -> AgentStatus:
+    """Raises InvalidArgument for an item state the agent must not send (unspecified/unknown)."""
+    items = []
+    for item in message.items:
+        state = _ITEM_STATE_FROM_PB.get(item.state)
+        if state is None:
+            raise InvalidArgument(f"status item {item.name!r} has no valid state")
+        items.append(ItemStatus(kind=item.kind, name=item.name, state=state, error=item.error))
+    return AgentStatus(observed_generation=message.observed_generation, items=tuple(items))
+
+
+def enrollment_to_pb(enrollment: Enrollment) -> cpb.EnrollResponse:
+    return cpb.EnrollResponse(
+        agent_id=enrollment.agent_id,
+        certificate_pem=enrollment.certificate_pem,
+        ca_certificate_pem=enrollment.ca_certificate_pem,
+        mtls_port=enrollment.mtls_port,
+    )
+
+
+def enrollment_from_pb(message: cpb.EnrollResponse) -> Enrollment:
+    return Enrollment(
+        agent_id=message.agent_id,
+        certificate_pem=message.certificate_pem,
+        ca_certificate_pem=message.ca_certificate_pem,
+        mtls_port=message.mtls_port,
     )

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.engine.protocol import BackendDescription, ModelBackend, ResolvedSampling
 from agent.model_pool import BackendFactory
-from agent.server import AgentServer, BoundPorts
+from agent.server import AgentServer, BoundPorts, Companion
 from agent.settings import AgentSettings, ModelSettings
 from common.inference import ChatMessage, Finished, GenerationEvent
 from outpost.v1 import inference_pb2_grpc as pb_grpc
@@ -76,8 +76,10 @@ class RecordingBackend:
 class RunningAgent:
     """An AgentServer on its own event loop thread; use as a context manager."""
 
-    def __init__(self, settings: AgentSettings, factory: BackendFactory) -> None:
-        self.server = AgentServer(settings, factory)
+    def __init__(
+        self, settings: AgentSettings, factory: BackendFactory, companion: Companion | None = None
+    ) -> None:
+        self.server = AgentServer(settings, factory, companion)
         self.ports = BoundPorts(0, 0)
         self._thread = threading.Thread(target=self._run, name="agent-under-test", daemon=True)
         self._listening = threading.Event()

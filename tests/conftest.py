@@ -1,4 +1,4 @@
-"""Shared fixtures: the verified demo model and one real agent serving it for the session."""
+"""Shared fixtures: the verified demo model, one real agent serving it, control-plane databases."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlmodel import SQLModel
 
 from agent.demo_model import default_cache_dir, ensure_demo_model
 from agent.engine.protocol import ModelBackend
 from agent.model_pool import BackendFactory
 from agent.settings import ModelSettings
+from controlplane.db.database import Database
 from tests.agent_harness import GenerationLog, RecordingBackend, RunningAgent, agent_settings
+from tests.postgres import PostgresServer, start_postgres
 
 MODEL_ALIAS = "smol"
 CONTEXT_LENGTH = 1024
@@ -54,3 +57,63 @@ def agent(demo_model: Path, generation_log: GenerationLog) -> Iterator[RunningAg
     with RunningAgent(agent_settings([model]), llama_factory(generation_log)) as running:
         running.wait_until_serving()
         yield running
+
+
+# -- control plane: real SQLite files and a real, throwaway PostgreSQL server ---------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Started on first use; a failure to start fails the tests that need it, with the reason."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.url
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(postgres_url: str) -> str:
+    """The session's PostgreSQL database, migrated once; `database` empties it for each test."""
+    db = Database(postgres_url)
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    return postgres_url
+
+
+def empty_all_tables(url: str) -> None:
+    tables = ", ".join(f'"{name}"' for name in SQLModel.metadata.tables)
+    db = Database(url)
+    try:
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '10s'")  # fail, never hang
+            connection.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated control-plane database with no rows: a new SQLite file, or PostgreSQL.
+
+    PostgreSQL is migrated once per session and emptied (TRUNCATE) before each test, which
+    is ten times quicker than a database per test.
+    """
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'outpost.db'}")
+        db.migrate()
+    else:
+        url = request.getfixturevalue("migrated_postgres_url")
+        empty_all_tables(url)
+        db = Database(url)
+    try:
+        yield db
+    finally:
+        db.dispose()

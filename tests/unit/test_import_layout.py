@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The only product modules that may touch the generated protobuf code. Outside the product:
 # protos/ is that code, and tests/ and benchmarks/ are gRPC clients of the agent.
-PROTOBUF_ALLOWED = {Path("common/proto_convert.py"), Path("agent/grpc_api.py")}
+# The gRPC layer: servicers, the agent's control-plane client, and the one conversion module.
+PROTOBUF_ALLOWED = {
+    Path("common/proto_convert.py"),
+    Path("agent/grpc_api.py"),
+    Path("agent/control/client.py"),
+    Path("controlplane/grpc/control.py"),
+    Path("controlplane/grpc/enrollment.py"),
+    Path("controlplane/server.py"),
+}
 PROTOBUF_EXEMPT_DIRS = {"tests", "protos", "benchmarks"}
 SKIPPED_DIRS = {"build", "dist", "node_modules", "__pycache__"}
 

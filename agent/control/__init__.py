@@ -1,0 +1,1 @@
+"""Agent side of the control plane link: identity, enrollment, the control stream."""

@@ -1,0 +1,289 @@
+"""The agent's link to the control plane: enrollment, then one reconnecting control stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+
+from agent.control.backoff import Backoff
+from agent.control.identity import (
+    IdentityStore,
+    StoredIdentity,
+    build_csr,
+    certificate_expiry,
+    fetch_pinned_ca,
+    generate_key,
+)
+from agent.control.state_store import DesiredStateStore
+from common.control import AgentStatus, DesiredState, Hello
+from common.proto_convert import (
+    desired_state_from_pb,
+    enrollment_from_pb,
+    hello_to_pb,
+    status_to_pb,
+)
+from outpost.v1 import control_pb2 as cpb
+from outpost.v1 import control_pb2_grpc as cpb_grpc
+
+log = logging.getLogger(__name__)
+
+INSECURE_AGENT_HEADER = "x-outpost-agent-id"
+RPC_TIMEOUT_S = 30.0
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Pings every 10 s with a 10 s timeout: a dead stream is noticed within 30 s.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnection is ours (with our backoff); one attempt per channel.
+    ("grpc.enable_retries", 0),
+]
+# Renew when less than this share of the certificate's lifetime is left.
+RENEW_AT_REMAINING = 1 / 3
+
+
+class EnrollmentRefused(Exception):
+    """The control plane refused to enroll this agent; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ControlLinkSettings:
+    control_plane: str  # host:port of the control plane's public gRPC port
+    join_token: str
+    ca_fingerprint: str
+    insecure: bool = False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"control plane address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def renewal_due(certificate_pem: bytes, now: datetime) -> bool:
+    not_before, not_after = certificate_expiry(certificate_pem)
+    return (not_after - now) < (not_after - not_before) * RENEW_AT_REMAINING
+
+
+class ControlLink:
+    """Keeps the agent connected and its models in line with the control plane's wishes.
+
+    `apply` reconciles the agent to a desired state and returns the resulting status; `hello`
+    describes the agent for a given observed generation.
+    """
+
+    def __init__(
+        self,
+        settings: ControlLinkSettings,
+        identities: IdentityStore,
+        desired_states: DesiredStateStore,
+        apply: Callable[[DesiredState], Awaitable[AgentStatus]],
+        hello: Callable[[str, int], Hello],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._settings = settings
+        self._identities = identities
+        self._desired_states = desired_states
+        self._apply = apply
+        self._hello = hello
+        self._backoff = backoff or Backoff()
+        self.observed_generation = 0
+        self.connected = asyncio.Event()
+
+    # -- enrollment -----------------------------------------------------------------------
+
+    async def ensure_identity(self, stop: asyncio.Event) -> StoredIdentity | None:
+        """The stored identity, enrolling first when there is none (retrying while the control
+        plane is unreachable). None when stopped before enrollment succeeded."""
+        identity = await asyncio.to_thread(self._identities.load)
+        if identity is not None:
+            return identity
+        settings = self._settings
+        if not settings.join_token or (not settings.ca_fingerprint and not settings.insecure):
+            raise EnrollmentRefused(
+                "this agent is not enrolled yet: give --control-plane, --join-token and "
+                "--ca-fingerprint"
+            )
+        while not stop.is_set():
+            try:
+                identity = await self._enroll()
+            except (OSError, grpc.aio.AioRpcError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    raise EnrollmentRefused(f"enrollment refused: {exc.details()}") from exc
+                delay = self._backoff.next_delay()
+                log.warning("cannot enroll yet (%s); retrying in %.1f s", _describe(exc), delay)
+                await _wait(stop, delay)
+                continue
+            self._backoff.reset()
+            await asyncio.to_thread(self._identities.save, identity)
+            log.info("enrolled as agent %s", identity.agent_id)
+            return identity
+        return None
+
+    async def _enroll(self) -> StoredIdentity:
+        settings = self._settings
+        host, port = split_address(settings.control_plane)
+        if settings.insecure:
+            ca_pem = b""
+            channel = grpc.aio.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+        else:
+            ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, port, settings.ca_fingerprint)
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+            channel = grpc.aio.secure_channel(
+                f"{host}:{port}", credentials, options=CHANNEL_OPTIONS
+            )
+        agent_id = _new_agent_id()
+        key_pem = await asyncio.to_thread(generate_key)
+        csr_pem = await asyncio.to_thread(build_csr, key_pem, agent_id)
+        async with channel:
+            stub = cpb_grpc.EnrollmentServiceStub(channel)  # type: ignore[no-untyped-call]
+            response = await stub.Enroll(
+                cpb.EnrollRequest(
+                    join_token=settings.join_token, csr_pem=csr_pem, name=socket.gethostname()
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+        enrollment = enrollment_from_pb(response)
+        if enrollment.agent_id != agent_id:
+            raise EnrollmentRefused("the control plane answered for another agent id")
+        return StoredIdentity(
+            agent_id=agent_id,
+            control_plane=settings.control_plane,
+            mtls_port=enrollment.mtls_port,
+            key_pem=key_pem,
+            certificate_pem=enrollment.certificate_pem,
+            ca_certificate_pem=enrollment.ca_certificate_pem or ca_pem,
+        )
+
+    # -- the control stream ---------------------------------------------------------------
+
+    async def run(self, identity: StoredIdentity, stop: asyncio.Event) -> None:
+        """Connects and reconnects until `stop` is set."""
+        while not stop.is_set():
+            try:
+                identity = await self._session(identity, stop)
+            except (OSError, grpc.aio.AioRpcError) as exc:
+                self.connected.clear()
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "control stream down (%s); reconnecting in %.1f s", _describe(exc), delay
+                )
+                await _wait(stop, delay)
+
+    def _credentials(self, identity: StoredIdentity) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=identity.ca_certificate_pem,
+            private_key=identity.key_pem,
+            certificate_chain=identity.certificate_pem,
+        )
+
+    def _channel(self, identity: StoredIdentity, port: int) -> grpc.aio.Channel:
+        host, _ = split_address(identity.control_plane)
+        target = f"{host}:{port}"
+        if self._settings.insecure:
+            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, self._credentials(identity), options=CHANNEL_OPTIONS)
+
+    async def _discover(self, identity: StoredIdentity) -> int:
+        host, port = split_address(identity.control_plane)
+        if self._settings.insecure:
+            channel = grpc.aio.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=identity.ca_certificate_pem
+            )
+            channel = grpc.aio.secure_channel(
+                f"{host}:{port}", credentials, options=CHANNEL_OPTIONS
+            )
+        async with channel:
+            stub = cpb_grpc.EnrollmentServiceStub(channel)  # type: ignore[no-untyped-call]
+            response = await stub.Discover(cpb.DiscoverRequest(), timeout=RPC_TIMEOUT_S)
+        return int(response.mtls_port)
+
+    async def _renew(self, identity: StoredIdentity, port: int) -> StoredIdentity:
+        key_pem = await asyncio.to_thread(generate_key)
+        csr_pem = await asyncio.to_thread(build_csr, key_pem, identity.agent_id)
+        async with self._channel(identity, port) as channel:
+            stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+            response = await stub.RenewCertificate(
+                cpb.RenewRequest(csr_pem=csr_pem),
+                timeout=RPC_TIMEOUT_S,
+                metadata=self._metadata(identity),
+            )
+        await asyncio.to_thread(
+            self._identities.replace_certificate, key_pem, response.certificate_pem
+        )
+        log.info("renewed this agent's certificate")
+        renewed = await asyncio.to_thread(self._identities.load)
+        assert renewed is not None
+        return renewed
+
+    def _metadata(self, identity: StoredIdentity) -> tuple[tuple[str, str], ...]:
+        return ((INSECURE_AGENT_HEADER, identity.agent_id),) if self._settings.insecure else ()
+
+    async def _session(self, identity: StoredIdentity, stop: asyncio.Event) -> StoredIdentity:
+        port = await self._discover(identity)
+        if not self._settings.insecure and renewal_due(identity.certificate_pem, datetime.now(UTC)):
+            identity = await self._renew(identity, port)
+        async with self._channel(identity, port) as channel:
+            stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Connect(metadata=self._metadata(identity))
+            hello = self._hello(identity.agent_id, self.observed_generation)
+            await call.write(cpb.AgentMessage(hello=hello_to_pb(hello)))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                while True:
+                    read = asyncio.create_task(call.read())
+                    done, _ = await asyncio.wait(
+                        {read, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if stopper in done:
+                        read.cancel()
+                        call.cancel()
+                        return identity
+                    message = read.result()
+                    if message is grpc.aio.EOF:  # an error status would have raised instead
+                        raise ConnectionError("the control plane ended the stream")
+                    self.connected.set()
+                    self._backoff.reset()
+                    await self._handle(call, desired_state_from_pb(message.desired_state))
+            finally:
+                stopper.cancel()
+
+    async def _handle(self, call: grpc.aio.StreamStreamCall, desired: DesiredState) -> None:
+        log.info("desired state generation %d received", desired.generation)
+        await asyncio.to_thread(self._desired_states.save, desired)
+        status = await self._apply(desired)
+        self.observed_generation = status.observed_generation
+        await call.write(cpb.AgentMessage(status=status_to_pb(status)))
+
+
+def _new_agent_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,84 @@
+"""Control-plane/agent domain types: desired state, hello, status; free of protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class ItemState(StrEnum):
+    PENDING = "pending"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelAssignment:
+    """One model an agent should serve, addressed by alias."""
+
+    alias: str
+    path: str
+    context_length: int = 4096
+    gpu_layers: int = 0
+    queue_depth: int = 16
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """A complete, versioned snapshot of what one agent should run."""
+
+    generation: int
+    models: tuple[ModelAssignment, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Hardware:
+    hostname: str = ""
+    os: str = ""
+    cpu_model: str = ""
+    cpu_cores: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Hello:
+    agent_id: str
+    version: str
+    hardware: Hardware
+    capabilities: tuple[str, ...] = ()
+    models: tuple[LocalModel, ...] = ()
+    observed_generation: int = 0
+
+
+@dataclass(frozen=True)
+class ItemStatus:
+    kind: str
+    name: str
+    state: ItemState
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    observed_generation: int
+    items: tuple[ItemStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What the control plane hands an agent that enrolled."""
+
+    agent_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    mtls_port: int

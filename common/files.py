@@ -1,0 +1,50 @@
+"""Atomic file replacement for the agent's state directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replaces `path` with `data`: readers see the old file or the whole new one, never a part.
+
+    The data goes to a temporary file in the same directory (created with `mode`, not subject
+    to the umask), is fsynced, renamed over `path`, and the directory is fsynced.
+    """
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            os.fchmod(stream.fileno(), mode)
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes renames in `directory` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_directory(directory: Path) -> None:
+    """Creates `directory` (and parents) with mode 0700 when it does not exist yet."""
+    try:
+        directory.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(directory, 0o700)  # mkdir's mode is reduced by the umask

@@ -1,0 +1,1 @@
+"""REST API of the control plane (Litestar routes, authentication by API key)."""

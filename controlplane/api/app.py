@@ -1,0 +1,78 @@
+"""`create_app`: the control plane's REST API (Litestar) with its OpenAPI schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from litestar import Litestar, Router, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from controlplane.api.agents import agent_routes
+from controlplane.api.audit import audit_routes
+from controlplane.api.auth_guard import auth_guard, current_principal
+from controlplane.api.errors import EXCEPTION_HANDLERS
+from controlplane.api.tokens import token_routes
+from controlplane.services import ControlPlaneServices
+
+API_PREFIX = "/api/v1"
+DEFAULT_JOIN_TOKEN_TTL = timedelta(hours=24)
+
+
+@get("/healthz", sync_to_thread=False, include_in_schema=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Outpost control plane",
+        version="1",
+        description=(
+            "Fleet registry, join tokens and desired state of Outpost edge agents. "
+            "Authenticate with 'Authorization: Bearer <API key>' (or 'X-API-Key')."
+        ),
+        path=f"{API_PREFIX}/schema",
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
+            }
+        ),
+        security=[{"apiKey": []}],
+        use_handler_docstrings=True,
+    )
+
+
+def create_app(
+    services: ControlPlaneServices,
+    *,
+    max_request_bytes: int,
+    on_revoke: Callable[[str], None] | None = None,
+    join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL,
+) -> Litestar:
+    """The REST API over `services`.
+
+    `on_revoke(agent_id)` runs on the event loop after an agent is revoked, so the gRPC side
+    can cut its stream. `join_token_ttl` is the lifetime of a token created without one.
+    """
+    handlers: list[Any] = [
+        *agent_routes(services, on_revoke),
+        *token_routes(services, join_token_ttl),
+        *audit_routes(services),
+    ]
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=handlers,
+        guards=[auth_guard(services)],
+        dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
+    )
+    return Litestar(
+        route_handlers=[healthz, api],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=max_request_bytes,
+        openapi_config=_openapi(),
+        logging_config=None,  # `outpost serve` configures logging for the whole process
+    )

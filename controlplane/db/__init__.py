@@ -1,0 +1,1 @@
+"""Database: SQLModel tables, engine set-up (SQLite WAL, PostgreSQL), Alembic migrations."""

@@ -1,0 +1,167 @@
+"""SQLModel tables of the control plane; every datetime is timezone-aware UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, Dialect, Text
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+# Stable constraint names on every database, so later migrations can name what they change.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NAME_CHARS = 255  # free-text names (agents, actors, targets)
+ID_CHARS = 63  # identifiers: sites, label keys and values, user names
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite too (which stores naive text).
+
+    Naive datetimes are refused: a wall-clock time without a zone is a bug waiting to happen.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(UTC)
+        # SQLite compares the stored text: store every value as naive UTC in one format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class AgentState(StrEnum):
+    ENROLLED = "enrolled"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    REVOKED = "revoked"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agents"
+    __table_args__ = (CheckConstraint(_in("state", AgentState), name="state"),)
+
+    id: str = Field(primary_key=True, max_length=36)  # UUID, lowercase canonical form
+    name: str = Field(max_length=NAME_CHARS)
+    site: str = Field(default="", max_length=ID_CHARS, index=True)
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    state: str = Field(default=AgentState.ENROLLED.value, max_length=16)
+    version: str = Field(default="", max_length=NAME_CHARS)
+    hardware: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    observed_generation: int = 0
+    desired_generation: int = 0
+    # [{"kind", "name", "state", "error"}], as the agent last reported them
+    status_items: list[dict[str, str]] = Field(default_factory=list, sa_type=JSON)
+    enrolled_at: datetime = Field(sa_type=UtcDateTime)
+    last_seen_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class JoinToken(SQLModel, table=True):
+    __tablename__ = "join_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)  # sha256, lowercase hex
+    site: str = Field(default="", max_length=ID_CHARS)
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    created_by: str = Field(max_length=NAME_CHARS)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    used_by_agent_id: str | None = Field(default=None, max_length=36)
+
+
+class Certificate(SQLModel, table=True):
+    __tablename__ = "certificates"
+
+    serial: str = Field(primary_key=True, max_length=64)  # lowercase hex
+    agent_id: str = Field(foreign_key="agents.id", index=True, max_length=36)
+    not_before: datetime = Field(sa_type=UtcDateTime)
+    not_after: datetime = Field(sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    pem: str = Field(sa_type=Text)
+
+
+class DesiredStateRecord(SQLModel, table=True):
+    """One generation of one agent's desired state; the highest generation is current."""
+
+    __tablename__ = "desired_states"
+
+    agent_id: str = Field(primary_key=True, foreign_key="agents.id", max_length=36)
+    generation: int = Field(primary_key=True)
+    # {"models": [{"alias", "path", "context_length", "gpu_layers", "queue_depth"}],
+    #  "labels": {key: value}}
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    created_by: str = Field(max_length=NAME_CHARS)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+    __table_args__ = (CheckConstraint(_in("outcome", Outcome), name="outcome"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UtcDateTime, index=True)
+    actor: str = Field(max_length=NAME_CHARS)
+    action: str = Field(max_length=64)
+    target: str = Field(max_length=NAME_CHARS)
+    outcome: str = Field(default=Outcome.OK.value, max_length=16)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=ID_CHARS, unique=True)
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key_hash: str = Field(max_length=64, unique=True, index=True)  # sha256, lowercase hex
+    prefix: str = Field(max_length=8)  # the key's first 8 characters, to recognise it by
+    user_id: int = Field(foreign_key="users.id", index=True)
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

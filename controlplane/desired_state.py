@@ -1,0 +1,241 @@
+"""`DesiredStates`: each agent's versioned desired state, and listeners told after commits."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import Session, col, select
+
+from common.control import DesiredState, ModelAssignment
+from common.errors import InvalidArgument, NotFound
+from controlplane.audit import AuditLog, check_actor
+from controlplane.db.database import Database
+from controlplane.db.models import Agent, DesiredStateRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,63}")
+MAX_LABELS = 32
+MAX_MODELS = 64
+MAX_PATH_CHARS = 4096
+CONTEXT_LENGTH_RANGE = (64, 1_048_576)
+QUEUE_DEPTH_RANGE = (0, 1024)
+
+_PENDING_KEY = "outpost.desired_state.changed"
+
+
+def check_identifier(value: object, what: str) -> str:
+    """1 to 63 characters of [A-Za-z0-9._-]: sites, label keys and values, model aliases."""
+    if not isinstance(value, str) or IDENTIFIER.fullmatch(value) is None:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise InvalidArgument(f"{what} must be 1 to 63 characters of A-Z a-z 0-9 . _ -: {shown}")
+    return value
+
+
+def check_agent_id(agent_id: object) -> str:
+    """An agent id is a UUID in canonical form (lowercase, hyphenated), as agents make them."""
+    try:
+        canonical = str(uuid.UUID(agent_id)) if isinstance(agent_id, str) else None
+    except ValueError:
+        canonical = None
+    if canonical is None or canonical != agent_id:
+        raise InvalidArgument("an agent id must be a UUID in lowercase canonical form")
+    return canonical
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """A copy of `labels` once every key and value is an identifier; at most 32 of them."""
+    if not isinstance(labels, Mapping):
+        raise InvalidArgument("labels must be a mapping of strings to strings")
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels are allowed")
+    return {
+        check_identifier(k, "a label key"): check_identifier(v, f"the value of label {k}")
+        for k, v in labels.items()
+    }
+
+
+def _int_in(value: object, low: int, high: int | None, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidArgument(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def check_assignments(models: Sequence[ModelAssignment]) -> tuple[ModelAssignment, ...]:
+    if len(models) > MAX_MODELS:
+        raise InvalidArgument(f"at most {MAX_MODELS} models per agent are allowed")
+    seen: set[str] = set()
+    for model in models:
+        if not isinstance(model, ModelAssignment):
+            raise InvalidArgument("models must be model assignments")
+        alias = check_identifier(model.alias, "a model alias")
+        if alias in seen:
+            raise InvalidArgument(f"model alias {alias} appears more than once")
+        seen.add(alias)
+        path = model.path
+        if (
+            not isinstance(path, str)
+            or not 1 <= len(path) <= MAX_PATH_CHARS
+            or not path.isprintable()
+            or not PurePosixPath(path).is_absolute()
+        ):
+            raise InvalidArgument(
+                f"the path of model {alias} must be an absolute path of printable characters"
+            )
+        _int_in(model.context_length, *CONTEXT_LENGTH_RANGE, f"context_length of {alias}")
+        _int_in(model.gpu_layers, -1, None, f"gpu_layers of {alias}")
+        _int_in(model.queue_depth, *QUEUE_DEPTH_RANGE, f"queue_depth of {alias}")
+    return tuple(models)
+
+
+def _spec(models: Sequence[ModelAssignment], labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"models": [asdict(m) for m in models], "labels": dict(labels)}
+
+
+def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
+    models = tuple(ModelAssignment(**m) for m in spec.get("models", ()))
+    labels = MappingProxyType(dict(spec.get("labels", {})))
+    return DesiredState(generation=generation, models=models, labels=labels)
+
+
+class DesiredStates:
+    """Every change writes a new generation (previous + 1); the highest one is current.
+
+    Listeners get the agent id after the transaction that changed it commits, in the thread
+    that committed, and never for a rolled-back change. A listener must be quick and must
+    not open a session of its own in that thread while it is called (hand off instead).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._audit = audit if audit is not None else AuditLog(db, clock=clock)
+        self._clock = clock
+        self._listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._listeners.append(callback)
+
+    def current(self, agent_id: str, *, session: Session | None = None) -> DesiredState:
+        """The newest generation; generation 0 with nothing in it when there is none."""
+        if session is not None:
+            return self._current(session, agent_id)
+        with self._db.session() as own:
+            return self._current(own, agent_id)
+
+    def set_models(
+        self, session: Session, agent_id: str, models: Sequence[ModelAssignment], *, actor: str
+    ) -> DesiredState:
+        check_actor(actor)
+        checked = check_assignments(models)
+        return self._change(session, agent_id, actor, "models", models=checked)
+
+    def set_labels(
+        self, session: Session, agent_id: str, labels: Mapping[str, str], *, actor: str
+    ) -> DesiredState:
+        check_actor(actor)
+        checked = check_labels(labels)
+        return self._change(session, agent_id, actor, "labels", labels=checked)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _current(self, session: Session, agent_id: str) -> DesiredState:
+        record = session.exec(
+            select(DesiredStateRecord)
+            .where(DesiredStateRecord.agent_id == agent_id)
+            .order_by(col(DesiredStateRecord.generation).desc())
+            .limit(1)
+        ).first()
+        if record is None:
+            return DesiredState(generation=0)
+        return _state(record.generation, record.spec)
+
+    def _change(
+        self,
+        session: Session,
+        agent_id: str,
+        actor: str,
+        what: str,
+        *,
+        models: tuple[ModelAssignment, ...] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> DesiredState:
+        # Lock the agent's row (PostgreSQL; SQLite's writer lock already serialises), so two
+        # concurrent changes cannot both claim the same next generation.
+        agent = session.exec(
+            select(Agent).where(Agent.id == agent_id).with_for_update()
+        ).one_or_none()
+        if agent is None:
+            raise NotFound(f"no agent {agent_id}")
+        previous = self._current(session, agent_id)
+        generation = max(previous.generation, agent.desired_generation) + 1
+        new_models = models if models is not None else previous.models
+        new_labels = labels if labels is not None else dict(previous.labels)
+        spec = _spec(new_models, new_labels)
+        session.add(
+            DesiredStateRecord(
+                agent_id=agent_id,
+                generation=generation,
+                spec=spec,
+                created_at=self._clock(),
+                created_by=actor,
+            )
+        )
+        agent.desired_generation = generation
+        session.add(agent)
+        self._audit.record(
+            session,
+            actor=actor,
+            action=f"desired_state.set_{what}",
+            target=f"agent:{agent_id}",
+            detail={"generation": generation, what: spec[what]},
+        )
+        session.flush()
+        self._notify_after_commit(session, agent_id)
+        return _state(generation, spec)
+
+    def _notify_after_commit(self, session: Session, agent_id: str) -> None:
+        key = f"{_PENDING_KEY}:{id(self)}"
+        pending: set[str] | None = session.info.get(key)
+        if pending is None:
+            pending = session.info[key] = set()
+            if not event.contains(session, "after_commit", self._after_commit):
+                event.listen(session, "after_commit", self._after_commit)
+                event.listen(session, "after_rollback", self._after_rollback)
+        pending.add(agent_id)
+
+    def _after_commit(self, session: Session) -> None:
+        changed: set[str] = session.info.pop(f"{_PENDING_KEY}:{id(self)}", set())
+        if not changed:
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for agent_id in sorted(changed):
+            for listener in listeners:
+                try:
+                    listener(agent_id)
+                except Exception:  # the change is committed; one bad listener must not undo it
+                    log.exception("desired-state listener %r failed for %s", listener, agent_id)
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop(f"{_PENDING_KEY}:{id(self)}", None)

@@ -1,0 +1,173 @@
+"""ControlService: each agent's long-lived stream (Hello, Status in; DesiredState out)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from common.control import DesiredState, Hello
+from common.errors import InvalidArgument, NotFound
+from common.proto_convert import desired_state_to_pb, hello_from_pb, status_from_pb
+from controlplane.grpc.hub import AgentLink, Hub
+from controlplane.pki import CertificateAuthority, CertificateError, CsrError
+from controlplane.services import ControlPlaneServices
+from controlplane.settings import ControlPlaneSettings
+from outpost.v1 import control_pb2 as cpb
+from outpost.v1 import control_pb2_grpc as cpb_grpc
+
+log = logging.getLogger(__name__)
+
+INSECURE_AGENT_HEADER = "x-outpost-agent-id"
+
+
+@dataclass(frozen=True)
+class Caller:
+    agent_id: str
+    serial: str | None  # None in the demo's plain-text mode
+
+
+class ControlServicer(cpb_grpc.ControlServiceServicer):
+    def __init__(
+        self,
+        services: ControlPlaneServices,
+        ca: CertificateAuthority,
+        hub: Hub,
+        settings: ControlPlaneSettings,
+    ) -> None:
+        self._services = services
+        self._ca = ca
+        self._hub = hub
+        self._settings = settings
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller's identity from its client certificate; aborts when it is not current."""
+        if self._settings.insecure:
+            metadata = dict(context.invocation_metadata() or ())
+            agent_id = str(metadata.get(INSECURE_AGENT_HEADER, ""))
+            caller = Caller(agent_id, None)
+        else:
+            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+            try:
+                identity = self._ca.verify_agent_certificate(pem)
+            except CertificateError as exc:
+                await self._deny(context, "connect", str(exc))
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            caller = Caller(identity.agent_id, identity.serial)
+        current = await asyncio.to_thread(self._is_current, caller)
+        if not current:
+            reason = f"agent {caller.agent_id or '(none)'} is unknown or revoked"
+            await self._deny(context, "connect", reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        return caller
+
+    def _is_current(self, caller: Caller) -> bool:
+        fleet = self._services.fleet
+        if caller.serial is not None:
+            return fleet.certificate_is_current(caller.agent_id, caller.serial)
+        try:  # plain-text demo mode: the agent id header is all there is
+            return fleet.get(caller.agent_id).revoked_at is None
+        except NotFound:
+            return False
+
+    async def _deny(self, context: grpc.aio.ServicerContext, action: str, reason: str) -> None:
+        log.warning("refused %s from %s: %s", action, context.peer(), reason)
+        await asyncio.to_thread(
+            self._services.audit.record_now,
+            actor=f"peer:{context.peer()}",
+            action=action,
+            target="control-stream",
+            outcome="denied",
+            detail={"reason": reason},
+        )
+
+    async def RenewCertificate(
+        self, request: cpb.RenewRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.RenewResponse:
+        caller = await self._authenticate(context)
+        try:
+            _, certificate = self._ca.sign_agent_csr(
+                request.csr_pem,
+                expected_agent_id=caller.agent_id,
+                valid_for=self._settings.agent_certificate_ttl,
+            )
+        except CsrError as exc:
+            await self._deny(context, "renew", str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        await asyncio.to_thread(self._services.fleet.add_certificate, caller.agent_id, certificate)
+        log.info("renewed the certificate of agent %s", caller.agent_id)
+        return cpb.RenewResponse(certificate_pem=certificate.pem)
+
+    async def Connect(
+        self,
+        request_iterator: object,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        caller = await self._authenticate(context)
+        agent_id = caller.agent_id
+        hello = await self._read_hello(context, agent_id)
+        await asyncio.to_thread(self._services.fleet.record_hello, agent_id, hello)
+        link = self._hub.register(agent_id)
+        log.info("agent %s connected (observed generation %d)", agent_id, hello.observed_generation)
+        reader = asyncio.create_task(self._read_statuses(context, agent_id))
+        try:
+            await self._push_desired_states(context, link, reader)
+        finally:
+            reader.cancel()
+            self._hub.unregister(link)
+            if not self._hub.is_connected(agent_id):
+                await asyncio.to_thread(self._services.fleet.mark_disconnected, agent_id)
+            log.info("agent %s disconnected", agent_id)
+
+    async def _read_hello(self, context: grpc.aio.ServicerContext, agent_id: str) -> Hello:
+        try:
+            first = await asyncio.wait_for(context.read(), self._settings.hello_timeout_s)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within the deadline")
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        hello = hello_from_pb(first.hello)
+        if hello.agent_id != agent_id:
+            reason = f"Hello names agent {hello.agent_id!r} but the certificate is {agent_id}"
+            await self._deny(context, "connect", reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        return hello
+
+    async def _read_statuses(self, context: grpc.aio.ServicerContext, agent_id: str) -> str:
+        """Records Status messages until the agent closes its side; returns why it stopped."""
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return "agent closed the stream"
+            if not message.HasField("status"):
+                return "only Status may follow Hello"
+            try:
+                status = status_from_pb(message.status)
+            except InvalidArgument as exc:
+                return str(exc)
+            await asyncio.to_thread(self._services.fleet.record_status, agent_id, status)
+
+    async def _push_desired_states(
+        self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]
+    ) -> None:
+        sent = -1
+        while True:
+            link.changed.clear()
+            state: DesiredState = await asyncio.to_thread(
+                self._services.desired.current, link.agent_id
+            )
+            if state.generation != sent:
+                await context.write(cpb.ControlMessage(desired_state=desired_state_to_pb(state)))
+                sent = state.generation
+            changed = asyncio.create_task(link.changed.wait())
+            done, _ = await asyncio.wait({changed, reader}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if link.cut_reason is not None:
+                await context.abort(link.cut_code, link.cut_reason)
+            if reader in done:
+                reason = reader.result()
+                if reason != "agent closed the stream":
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+                return

@@ -1,0 +1,71 @@
+"""Live agent control streams by agent id: wakes them on desired-state changes, cuts them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class AgentLink:
+    """One connected agent's stream, as the hub sees it."""
+
+    agent_id: str
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    cut_reason: str | None = None
+    cut_code: grpc.StatusCode = grpc.StatusCode.ABORTED
+
+    def cut(self, reason: str, code: grpc.StatusCode) -> None:
+        self.cut_reason = reason
+        self.cut_code = code
+        self.changed.set()
+
+
+class Hub:
+    """Owned by the event loop; `notify_changed` and `cut` may be called from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._links: dict[str, AgentLink] = {}
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def is_connected(self, agent_id: str) -> bool:
+        return agent_id in self._links
+
+    def register(self, agent_id: str) -> AgentLink:
+        """A new stream for an agent replaces (cuts) any older one."""
+        previous = self._links.get(agent_id)
+        if previous is not None:
+            previous.cut("replaced by a newer stream from the same agent", grpc.StatusCode.ABORTED)
+        link = AgentLink(agent_id)
+        self._links[agent_id] = link
+        return link
+
+    def unregister(self, link: AgentLink) -> None:
+        if self._links.get(link.agent_id) is link:
+            del self._links[link.agent_id]
+
+    def notify_changed(self, agent_id: str) -> None:
+        self._loop.call_soon_threadsafe(self._wake, agent_id)
+
+    def cut(self, agent_id: str, reason: str = "agent revoked") -> None:
+        """Ends the agent's stream with PERMISSION_DENIED (revocation)."""
+        self._loop.call_soon_threadsafe(self._cut, agent_id, reason)
+
+    def _wake(self, agent_id: str) -> None:
+        link = self._links.get(agent_id)
+        if link is not None:
+            link.changed.set()
+
+    def _cut(self, agent_id: str, reason: str) -> None:
+        link = self._links.get(agent_id)
+        if link is not None:
+            log.info("cutting the stream of agent %s: %s", agent_id, reason)
+            link.cut(reason, grpc.StatusCode.PERMISSION_DENIED)

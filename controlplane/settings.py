@@ -1,0 +1,30 @@
+"""The control plane's typed settings, built once in `main()` from flags and environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    data_dir: Path
+    database_url: str | None = None  # None: SQLite file in data_dir
+    host: str = "127.0.0.1"
+    http_port: int = 8700  # Flower's SuperLink takes 8000 by default
+    grpc_port: int = 8701
+    mtls_port: int = 8702  # 0: any free port; agents learn it from Discover
+    # Names agents use to reach the control plane; they go into its TLS certificate.
+    advertise_hosts: tuple[str, ...] = field(default=("localhost", "127.0.0.1"))
+    insecure: bool = False
+    join_token_ttl: timedelta = timedelta(hours=24)
+    agent_certificate_ttl: timedelta = timedelta(days=30)
+    hello_timeout_s: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'outpost.db'}"

@@ -1,0 +1,168 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_STATE_UNSPECIFIED: _ClassVar[ItemState]
+    ITEM_STATE_PENDING: _ClassVar[ItemState]
+    ITEM_STATE_LOADING: _ClassVar[ItemState]
+    ITEM_STATE_READY: _ClassVar[ItemState]
+    ITEM_STATE_FAILED: _ClassVar[ItemState]
+ITEM_STATE_UNSPECIFIED: ItemState
+ITEM_STATE_PENDING: ItemState
+ITEM_STATE_LOADING: ItemState
+ITEM_STATE_READY: ItemState
+ITEM_STATE_FAILED: ItemState
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("join_token", "csr_pem", "name")
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    join_token: str
+    csr_pem: bytes
+    name: str
+    def __init__(self, join_token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "certificate_pem", "ca_certificate_pem", "mtls_port")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    MTLS_PORT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    mtls_port: int
+    def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., mtls_port: _Optional[int] = ...) -> None: ...
+
+class DiscoverRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DiscoverResponse(_message.Message):
+    __slots__ = ("mtls_port",)
+    MTLS_PORT_FIELD_NUMBER: _ClassVar[int]
+    mtls_port: int
+    def __init__(self, mtls_port: _Optional[int] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("certificate_pem",)
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "status")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    status: Status
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+
+class ControlMessage(_message.Message):
+    __slots__ = ("desired_state",)
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    desired_state: DesiredState
+    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ...) -> None: ...
+
+class Hardware(_message.Message):
+    __slots__ = ("hostname", "os", "cpu_model", "cpu_cores", "memory_bytes")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    os: str
+    cpu_model: str
+    cpu_cores: int
+    memory_bytes: int
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class LocalModel(_message.Message):
+    __slots__ = ("path", "size_bytes")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size_bytes: int
+    def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("agent_id", "version", "hardware", "capabilities", "models", "observed_generation")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    version: str
+    hardware: Hardware
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    models: _containers.RepeatedCompositeFieldContainer[LocalModel]
+    observed_generation: int
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ...) -> None: ...
+
+class ModelAssignment(_message.Message):
+    __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    path: str
+    context_length: int
+    gpu_layers: int
+    queue_depth: int
+    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., context_length: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+
+class DesiredState(_message.Message):
+    __slots__ = ("generation", "models", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ItemStatus(_message.Message):
+    __slots__ = ("kind", "name", "state", "error")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    state: ItemState
+    error: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("observed_generation", "items")
+    OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    observed_generation: int
+    items: _containers.RepeatedCompositeFieldContainer[ItemStatus]
+    def __init__(self, observed_generation: _Optional[int] = ..., items: _Optional[_Iterable[_Union[ItemStatus, _Mapping]]] = ...) -> None: ...

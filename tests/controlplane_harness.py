@@ -1,0 +1,153 @@
+"""Runs a real control plane (`ControlPlaneServer`) and managed agents in background threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from agent.control.client import ControlLinkSettings
+from agent.managed import ManagedAgent
+from agent.settings import AgentSettings, ModelSettings
+from common.control import AgentStatus, DesiredState
+from controlplane.server import ADMIN_KEY_FILE, ControlPlaneServer, ListeningPorts
+from controlplane.settings import ControlPlaneSettings
+from tests.agent_harness import RunningAgent
+from tests.conftest import llama_factory
+
+START_TIMEOUT_S = 60.0
+
+
+class RunningControlPlane:
+    """`outpost serve` in a thread; use as a context manager."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.server = ControlPlaneServer(settings)
+        self.ports = ListeningPorts(0, 0, 0)
+        self.error: BaseException | None = None
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            listening: asyncio.Future[ListeningPorts] = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self.server.run(listening))
+            either: set[asyncio.Future[Any]] = {listening, task}
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if listening in done:
+                self.ports = listening.result()
+                self._listening.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced to the test thread
+            self.error = exc
+        finally:
+            self._listening.set()
+
+    def __enter__(self) -> RunningControlPlane:
+        self._thread.start()
+        if not self._listening.wait(START_TIMEOUT_S) or self.error is not None:
+            raise RuntimeError(f"control plane did not start: {self.error!r}")
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.server.request_stop()
+        self._thread.join(START_TIMEOUT_S)
+
+    @property
+    def admin_key(self) -> str:
+        return (self.settings.data_dir / ADMIN_KEY_FILE).read_text().strip()
+
+    @property
+    def fingerprint(self) -> str:
+        assert self.server.ca is not None
+        return self.server.ca.fingerprint
+
+    @property
+    def enroll_address(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def api(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.ports.http}/api/v1",
+            headers={"Authorization": f"Bearer {key or self.admin_key}"},
+            timeout=30,
+        )
+
+    def create_token(self, **body: Any) -> str:
+        with self.api() as api:
+            response = api.post("/tokens", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+
+def controlplane_settings(
+    data_dir: Path, database_url: str | None, **overrides: Any
+) -> ControlPlaneSettings:
+    settings = ControlPlaneSettings(
+        data_dir=data_dir, database_url=database_url, http_port=0, grpc_port=0, mtls_port=0
+    )
+    return replace(settings, **overrides)
+
+
+class ObservedManagedAgent(ManagedAgent):
+    """Lets tests wait for the agent to have applied a desired-state generation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[AgentStatus] = []
+        self._changed = threading.Condition()
+
+    async def apply(self, desired: DesiredState) -> AgentStatus:
+        status = await super().apply(desired)
+        with self._changed:
+            self.applied.append(status)
+            self._changed.notify_all()
+        return status
+
+    def wait_applied(self, generation: int, timeout: float = 60.0) -> AgentStatus:
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: any(s.observed_generation >= generation for s in self.applied), timeout
+            )
+            if not ok:
+                raise TimeoutError(f"generation {generation} not applied; saw {self.applied}")
+            return next(s for s in self.applied if s.observed_generation >= generation)
+
+
+def managed_agent(
+    state_dir: Path, control_plane: str = "", join_token: str = "", fingerprint: str = ""
+) -> tuple[RunningAgent, ObservedManagedAgent]:
+    link = ControlLinkSettings(
+        control_plane=control_plane, join_token=join_token, ca_fingerprint=fingerprint
+    )
+    companion = ObservedManagedAgent(
+        state_dir, link, ModelSettings(path=Path(), alias="model", threads=2)
+    )
+    settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
+    return RunningAgent(settings, llama_factory(), companion), companion
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Polls a condition another process or thread makes true (e.g. a row the control plane
+    writes when a Status arrives), with a deadline; not a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting until {what}")
+        time.sleep(0.05)
