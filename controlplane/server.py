@@ -132,6 +132,7 @@ class ControlPlaneServer:
                 services,
                 max_request_bytes=settings.max_request_bytes,
                 on_revoke=hub.cut,
+                join_token_ttl=settings.join_token_ttl,
             )
         )
         try:
