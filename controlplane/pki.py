@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.files import atomic_write, ensure_private_directory
 from common.certificates import (
     fingerprint_of,
     is_agent_id,
@@ -25,6 +24,7 @@ from common.certificates import (
     private_key_pem,
 )
 from common.errors import InvalidArgument, OutpostError
+from common.files import atomic_write, ensure_private_directory
 
 CA_COMMON_NAME = "Outpost fleet CA"
 CA_VALIDITY = timedelta(days=3650)

@@ -24,7 +24,6 @@ from cryptography.x509.oid import NameOID
 
 import agent.control.identity as identity_module
 import controlplane.pki
-from common.files import atomic_write
 from agent.control.identity import (
     CaPinError,
     IdentityError,
@@ -38,6 +37,7 @@ from agent.control.identity import (
 )
 from common import certificates
 from common.certificates import normalize_fingerprint
+from common.files import atomic_write
 from controlplane.pki import CertificateAuthority
 
 
