@@ -1,4 +1,4 @@
-"""Atomic file replacement for the agent's state directory."""
+"""Atomic file replacement and private directories, for state, key and certificate files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`make demo`: runs the agent on the demo model and shows a chat through its OpenAI endpoint."""
+"""`make demo`: a control plane and a local agent enrolled to it over mutual TLS, serving the
+demo model; shows a chat through the agent's OpenAI endpoint and where everything is."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -13,40 +15,116 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
+DEMO_DIR = Path(os.environ.get("OUTPOST_DEMO_DIR", ".demo")).resolve()
+CP_HTTP, CP_GRPC, CP_MTLS = 8700, 8701, 8702
+AGENT_HTTP = int(os.environ.get("OUTPOST_DEMO_HTTP_PORT", "8080"))
+AGENT_GRPC = int(os.environ.get("OUTPOST_DEMO_GRPC_PORT", "50051"))
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    """Waits for a freshly started process to answer (with a deadline)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with status {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not start within 60 s")
+
+
+def wait_serving(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        for status in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()):
+            if status.status == health_pb2.HealthCheckResponse.SERVING:
+                return
 
 
 def main() -> int:
-    grpc_port = int(os.environ.get("OUTPOST_DEMO_GRPC_PORT", "50051"))
-    http_port = int(os.environ.get("OUTPOST_DEMO_HTTP_PORT", "8080"))
     model = subprocess.run(
         [BIN / "outpost-agent", "demo-model"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    print(f"demo model: {model}")
-    agent = subprocess.Popen(
-        [
-            BIN / "outpost-agent",
-            "serve",
-            "--model",
-            model,
-            "--alias",
-            "smol",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-        ]
-    )
+    cp_dir, agent_dir = DEMO_DIR / "control-plane", DEMO_DIR / "agent"
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-            for status in watch:
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-        base = f"http://127.0.0.1:{http_port}"
+        control_plane = subprocess.Popen(
+            [
+                BIN / "outpost",
+                "serve",
+                "--data-dir",
+                str(cp_dir),
+                "--http-port",
+                str(CP_HTTP),
+                "--grpc-port",
+                str(CP_GRPC),
+                "--mtls-port",
+                str(CP_MTLS),
+            ]
+        )
+        processes.append(control_plane)
+        api = f"http://127.0.0.1:{CP_HTTP}/api/v1"
+        wait_for_http(f"http://127.0.0.1:{CP_HTTP}/healthz", control_plane, "the control plane")
+        key = (cp_dir / "admin-api-key").read_text().strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        agent_args = [
+            BIN / "outpost-agent",
+            "run",
+            "--state-dir",
+            str(agent_dir),
+            "--grpc-port",
+            str(AGENT_GRPC),
+            "--http-port",
+            str(AGENT_HTTP),
+        ]
+        if not (agent_dir / "identity.json").exists():
+            token = httpx.post(f"{api}/tokens", json={"site": "demo"}, headers=headers).json()
+            fingerprint = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from common.certificates import fingerprint_of; "
+                    "print(fingerprint_of(open(sys.argv[1], 'rb').read()))",
+                    str(cp_dir / "ca" / "ca.pem"),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            agent_args += [
+                "--control-plane",
+                f"127.0.0.1:{CP_GRPC}",
+                "--join-token",
+                token["token"],
+                "--ca-fingerprint",
+                fingerprint,
+            ]
+        agent = subprocess.Popen(agent_args)
+        processes.append(agent)
+        deadline = time.monotonic() + 60
+        agents: list[dict[str, object]] = []
+        while not agents and time.monotonic() < deadline:
+            agents = httpx.get(f"{api}/agents", headers=headers).json()["agents"]
+            time.sleep(0.2)
+        if not agents:
+            raise SystemExit("the agent did not enroll within 60 s")
+        agent_id = str(agents[0]["id"])
+        assigned = httpx.put(
+            f"{api}/agents/{agent_id}/desired-state/models",
+            json={"models": [{"alias": "smol", "path": model, "context_length": 2048}]},
+            headers=headers,
+        ).json()
+        while time.monotonic() < deadline + 60:
+            state = httpx.get(f"{api}/agents/{agent_id}", headers=headers).json()
+            if state["observed_generation"] >= assigned["generation"]:
+                break
+            time.sleep(0.2)
+        wait_serving(AGENT_GRPC)
         question = "In one sentence, why run a language model on your own machines?"
         reply = httpx.post(
-            f"{base}/v1/chat/completions",
+            f"http://127.0.0.1:{AGENT_HTTP}/v1/chat/completions",
             json={
                 "model": "smol",
                 "messages": [{"role": "user", "content": question}],
@@ -56,20 +134,28 @@ def main() -> int:
             timeout=120,
         ).json()
         print(f"\nuser> {question}\nsmol> {reply['choices'][0]['message']['content'].strip()}\n")
-        print(f"OpenAI API:  {base}/v1  (model 'smol')")
-        print(f"gRPC:        127.0.0.1:{grpc_port}  (outpost.v1.InferenceService)")
+        print(f"Control plane API:  {api}  (OpenAPI: {api}/schema/openapi.json)")
+        print(f"Admin API key:      {cp_dir / 'admin-api-key'}")
         print(
-            f"Try: curl {base}/v1/chat/completions -H 'content-type: application/json' "
-            '-d \'{"model":"smol","messages":[{"role":"user","content":"Hi"}]}\''
+            f"Fleet:              OUTPOST_API_KEY=$(cat {cp_dir / 'admin-api-key'}) "
+            f"{BIN / 'outpost'} --url http://127.0.0.1:{CP_HTTP} agents list"
         )
-        print("Press Ctrl-C to stop.")
+        print(
+            f"Agent {agent_id[:8]}:     OpenAI API http://127.0.0.1:{AGENT_HTTP}/v1 "
+            f"(model 'smol'), gRPC 127.0.0.1:{AGENT_GRPC}"
+        )
+        print(
+            f"The agent reaches the control plane over mutual TLS on 127.0.0.1:{CP_MTLS}. "
+            "Ctrl-C stops both."
+        )
         return agent.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(30)
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ CHANNEL_OPTIONS = [
 ]
 # Renew when less than this share of the certificate's lifetime is left.
 RENEW_AT_REMAINING = 1 / 3
+# Never end a session for renewal sooner than this after it began (no renewal loops).
+MIN_RENEWAL_INTERVAL_S = 60.0
 
 
 class EnrollmentRefused(Exception):
@@ -72,9 +74,10 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def renewal_due(certificate_pem: bytes, now: datetime) -> bool:
+def renewal_time(certificate_pem: bytes) -> datetime:
+    """When less than RENEW_AT_REMAINING of the certificate's lifetime is left."""
     not_before, not_after = certificate_expiry(certificate_pem)
-    return (not_after - now) < (not_after - not_before) * RENEW_AT_REMAINING
+    return not_after - (not_after - not_before) * RENEW_AT_REMAINING
 
 
 class ControlLink:
@@ -239,21 +242,33 @@ class ControlLink:
 
     async def _session(self, identity: StoredIdentity, stop: asyncio.Event) -> StoredIdentity:
         port = await self._discover(identity)
-        if not self._settings.insecure and renewal_due(identity.certificate_pem, datetime.now(UTC)):
+        secure = not self._settings.insecure
+        if secure and renewal_time(identity.certificate_pem) <= datetime.now(UTC):
             identity = await self._renew(identity, port)
+        # A session outliving the renewal time ends there; the next one renews first.
+        renew_in = (
+            (renewal_time(identity.certificate_pem) - datetime.now(UTC)).total_seconds()
+            if secure
+            else None
+        )
         async with self._channel(identity, port) as channel:
             stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=self._metadata(identity))
             hello = self._hello(identity.agent_id, self.observed_generation)
             await call.write(cpb.AgentMessage(hello=hello_to_pb(hello)))
             stopper = asyncio.create_task(stop.wait())
+            renewal = asyncio.create_task(
+                asyncio.sleep(
+                    max(renew_in, MIN_RENEWAL_INTERVAL_S) if renew_in is not None else 1e9
+                )
+            )
             try:
                 while True:
                     read = asyncio.create_task(call.read())
                     done, _ = await asyncio.wait(
-                        {read, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        {read, stopper, renewal}, return_when=asyncio.FIRST_COMPLETED
                     )
-                    if stopper in done:
+                    if stopper in done or renewal in done:
                         read.cancel()
                         call.cancel()
                         return identity
@@ -265,6 +280,7 @@ class ControlLink:
                     await self._handle(call, desired_state_from_pb(message.desired_state))
             finally:
                 stopper.cancel()
+                renewal.cancel()
 
     async def _handle(self, call: grpc.aio.StreamStreamCall, desired: DesiredState) -> None:
         log.info("desired state generation %d received", desired.generation)
