@@ -149,6 +149,7 @@ class ControlPlaneServer:
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
             log.info("shutting down")
+            hub.cut_all("the control plane is shutting down")
             await asyncio.gather(
                 public_server.stop(SHUTDOWN_GRACE_S), mtls_server.stop(SHUTDOWN_GRACE_S)
             )

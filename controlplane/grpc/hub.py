@@ -59,6 +59,12 @@ class Hub:
         """Ends the agent's stream with PERMISSION_DENIED (revocation)."""
         self._loop.call_soon_threadsafe(self._cut, agent_id, reason)
 
+    def cut_all(self, reason: str) -> None:
+        """Ends every stream with UNAVAILABLE (shutdown); agents reconnect with backoff.
+        Event loop thread only."""
+        for link in list(self._links.values()):
+            link.cut(reason, grpc.StatusCode.UNAVAILABLE)
+
     def _wake(self, agent_id: str) -> None:
         link = self._links.get(agent_id)
         if link is not None:
