@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Litestar, Router, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from controlplane.api.agents import agent_routes
@@ -36,6 +37,8 @@ def _openapi() -> OpenAPIConfig:
             "Authenticate with 'Authorization: Bearer <API key>' (or 'X-API-Key')."
         ),
         path=f"{API_PREFIX}/schema",
+        # JSON only: the interactive viewers load scripts from CDNs, and sites are air-gapped.
+        render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
         components=Components(
             security_schemes={
                 "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")

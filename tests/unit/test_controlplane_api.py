@@ -91,6 +91,13 @@ def test_health_and_schema_need_no_key(api: Api) -> None:
     assert f"{API}/agents/{{agent_id}}/desired-state/models" in schema.json()["paths"]
 
 
+def test_schema_page_loads_nothing_from_outside(api: Api) -> None:
+    page = api.client.get(f"{API}/schema")
+    assert page.status_code == 200
+    assert page.json()["info"]["title"] == "Outpost control plane"  # JSON, no HTML viewer
+    assert "cdn." not in page.text
+
+
 def test_missing_malformed_and_unknown_keys_are_401(api: Api) -> None:
     response = api.call("GET", "/agents", role=None)
     assert "API key is required" in error(response, 401)
