@@ -1,0 +1,234 @@
+"""The admin's and operator's commands as real processes: `outpost serve`, `outpost tokens
+create`, `outpost-agent run`, `outpost agents list --json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane_harness import wait_until
+
+
+class LoggedProcess:
+    """A child process whose stderr lines are collected; waits for patterns in them."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            return next((m for m in map(regex.search, self.lines) if m), None)
+
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: found() is not None or self.process.poll() is not None, timeout
+            ):
+                raise TimeoutError(f"{pattern!r} not logged:\n{''.join(self.lines)}")
+            match = found()
+        assert match is not None, "".join(self.lines)
+        return match
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def outpost(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def control_plane(tmp_path: Path) -> Iterator[tuple[LoggedProcess, Path]]:
+    data_dir = tmp_path / "cp"
+    process = LoggedProcess(
+        [
+            sys.executable,
+            "-m",
+            "controlplane.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--mtls-port",
+            "0",
+        ]
+    )
+    try:
+        yield process, data_dir
+    finally:
+        process.stop()
+
+
+def test_admin_enrolls_an_agent_with_the_commands(
+    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+) -> None:
+    cp, data_dir = control_plane
+    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
+    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
+    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
+    key_file = data_dir / "admin-api-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(key_file) in "".join(cp.lines)
+    env = {
+        **os.environ,
+        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
+        "OUTPOST_API_KEY": key_file.read_text().strip(),
+    }
+
+    created = outpost("tokens", "create", "--site", "branch-3", "--label", "floor=2", env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("opj_")
+
+    agent = LoggedProcess(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--control-plane",
+            f"127.0.0.1:{grpc_port}",
+            "--join-token",
+            token,
+            "--ca-fingerprint",
+            fingerprint,
+            "--state-dir",
+            str(tmp_path / "agent"),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ]
+    )
+    try:
+        agent.wait_for(r"enrolled as agent ([0-9a-f-]{36})")
+
+        def listed() -> list[dict[str, object]]:
+            result = outpost("agents", "list", "--json", env=env)
+            assert result.returncode == 0, result.stderr
+            agents: list[dict[str, object]] = json.loads(result.stdout)
+            return agents
+
+        wait_until(
+            lambda: [a["state"] for a in listed()] == ["connected"], "the agent shows as connected"
+        )
+        (row,) = listed()
+        assert row["site"] == "branch-3"
+        assert row["labels"] == {"floor": "2"}
+        assert row["observed_generation"] == 1  # the token's labels are its first desired state
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+
+    # A second start needs only the state directory.
+    again = LoggedProcess(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--state-dir",
+            str(tmp_path / "agent"),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ]
+    )
+    try:
+        again.wait_for(r"agent .* connected|desired state generation 1 received")
+    finally:
+        assert again.stop() == 0
+
+
+def test_reused_token_stops_the_agent_with_a_clear_error(
+    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+) -> None:
+    cp, data_dir = control_plane
+    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
+    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
+    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
+    env = {
+        **os.environ,
+        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
+        "OUTPOST_API_KEY": (data_dir / "admin-api-key").read_text().strip(),
+    }
+    token = outpost("tokens", "create", env=env).stdout.strip()
+    args = [
+        "--control-plane",
+        f"127.0.0.1:{grpc_port}",
+        "--join-token",
+        token,
+        "--ca-fingerprint",
+        fingerprint,
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+    ]
+    first = LoggedProcess(
+        [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(tmp_path / "a1"), *args]
+    )
+    first.wait_for(r"enrolled as agent")
+    first.stop()
+    second = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(tmp_path / "a2"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 2
+    assert "join token is used" in second.stderr
+    wrong_pin = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--state-dir",
+            str(tmp_path / "a3"),
+            *args[:5],
+            "0" * 64,
+            *args[6:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert wrong_pin.returncode == 2
+    assert "0" * 64 in wrong_pin.stderr or "fingerprint" in wrong_pin.stderr
