@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
 from common.control import DesiredState, ModelAssignment
@@ -111,12 +111,16 @@ def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
     return DesiredState(generation=generation, models=models, labels=labels)
 
 
+# Called once per committed transaction with the new state of every agent it changed.
+Listener = Callable[[Mapping[str, DesiredState]], None]
+
+
 class DesiredStates:
     """Every change writes a new generation (previous + 1); the highest one is current.
 
-    Listeners get the agent id after the transaction that changed it commits, in the thread
-    that committed, and never for a rolled-back change. A listener must be quick and must
-    not open a session of its own in that thread while it is called (hand off instead).
+    Listeners get the new state of each changed agent after the transaction commits, in the
+    thread that committed, and never for a rolled-back change. A listener must be quick and
+    must not open a session of its own in that thread while it is called (hand off instead).
     """
 
     def __init__(
@@ -129,10 +133,10 @@ class DesiredStates:
         self._db = db
         self._audit = audit if audit is not None else AuditLog(db, clock=clock)
         self._clock = clock
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Listener] = []
         self._lock = threading.Lock()
 
-    def add_listener(self, callback: Callable[[str], None]) -> None:
+    def add_listener(self, callback: Listener) -> None:
         with self._lock:
             self._listeners.append(callback)
 
@@ -211,31 +215,85 @@ class DesiredStates:
             detail={"generation": generation, what: spec[what]},
         )
         session.flush()
-        self._notify_after_commit(session, agent_id)
-        return _state(generation, spec)
+        state = _state(generation, spec)
+        self._notify_after_commit(session, {agent_id: state})
+        return state
 
-    def _notify_after_commit(self, session: Session, agent_id: str) -> None:
+    def set_models_for_site(
+        self, session: Session, site: str, models: Sequence[ModelAssignment], *, actor: str
+    ) -> dict[str, DesiredState]:
+        """Gives every live agent of `site` these models (labels kept), in a few statements
+        whatever the number of agents; one audit event. Returns the new states by agent id."""
+        check_actor(actor)
+        checked = check_assignments(models)
+        live = and_(col(Agent.site) == site, col(Agent.revoked_at).is_(None))
+        agents = session.exec(
+            select(Agent.id, Agent.desired_generation).where(live).with_for_update()
+        ).all()
+        latest = session.exec(
+            select(DesiredStateRecord.agent_id, DesiredStateRecord.spec)
+            .join(
+                Agent,
+                and_(
+                    col(Agent.id) == col(DesiredStateRecord.agent_id),
+                    col(Agent.desired_generation) == col(DesiredStateRecord.generation),
+                ),
+            )
+            .where(live)
+        ).all()
+        labels_of = {agent_id: dict(spec.get("labels", {})) for agent_id, spec in latest}
+        now = self._clock()
+        states: dict[str, DesiredState] = {}
+        rows = []
+        for agent_id, generation in agents:
+            spec = _spec(checked, labels_of.get(agent_id, {}))
+            rows.append(
+                {
+                    "agent_id": agent_id,
+                    "generation": generation + 1,
+                    "spec": spec,
+                    "created_at": now,
+                    "created_by": actor,
+                }
+            )
+            states[agent_id] = _state(generation + 1, spec)
+        if rows:
+            session.execute(insert(DesiredStateRecord), rows)
+            session.execute(
+                update(Agent).where(live).values(desired_generation=Agent.desired_generation + 1)
+            )
+        self._audit.record(
+            session,
+            actor=actor,
+            action="desired_state.set_models_for_site",
+            target=f"site:{site}",
+            detail={"agents": len(rows), "models": _spec(checked, {})["models"]},
+        )
+        session.flush()
+        self._notify_after_commit(session, states)
+        return states
+
+    def _notify_after_commit(self, session: Session, states: Mapping[str, DesiredState]) -> None:
         key = f"{_PENDING_KEY}:{id(self)}"
-        pending: set[str] | None = session.info.get(key)
+        pending: dict[str, DesiredState] | None = session.info.get(key)
         if pending is None:
-            pending = session.info[key] = set()
+            pending = session.info[key] = {}
             if not event.contains(session, "after_commit", self._after_commit):
                 event.listen(session, "after_commit", self._after_commit)
                 event.listen(session, "after_rollback", self._after_rollback)
-        pending.add(agent_id)
+        pending.update(states)
 
     def _after_commit(self, session: Session) -> None:
-        changed: set[str] = session.info.pop(f"{_PENDING_KEY}:{id(self)}", set())
+        changed: dict[str, DesiredState] = session.info.pop(f"{_PENDING_KEY}:{id(self)}", {})
         if not changed:
             return
         with self._lock:
             listeners = list(self._listeners)
-        for agent_id in sorted(changed):
-            for listener in listeners:
-                try:
-                    listener(agent_id)
-                except Exception:  # the change is committed; one bad listener must not undo it
-                    log.exception("desired-state listener %r failed for %s", listener, agent_id)
+        for listener in listeners:
+            try:
+                listener(changed)
+            except Exception:  # the change is committed; one bad listener must not undo it
+                log.exception("desired-state listener %r failed", listener)
 
     def _after_rollback(self, session: Session) -> None:
         session.info.pop(f"{_PENDING_KEY}:{id(self)}", None)

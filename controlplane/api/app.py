@@ -16,6 +16,7 @@ from controlplane.api.agents import agent_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
+from controlplane.api.sites import site_routes
 from controlplane.api.tokens import token_routes
 from controlplane.services import ControlPlaneServices
 
@@ -65,6 +66,7 @@ def create_app(
         *agent_routes(services, on_revoke),
         *token_routes(services, join_token_ttl),
         *audit_routes(services),
+        *site_routes(services),
     ]
     api = Router(
         path=API_PREFIX,

@@ -153,11 +153,11 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]
     ) -> None:
         sent = -1
+        state: DesiredState = await asyncio.to_thread(self._services.desired.current, link.agent_id)
         while True:
             link.changed.clear()
-            state: DesiredState = await asyncio.to_thread(
-                self._services.desired.current, link.agent_id
-            )
+            if link.latest is not None and link.latest.generation > state.generation:
+                state = link.latest
             if state.generation != sent:
                 await context.write(cpb.ControlMessage(desired_state=desired_state_to_pb(state)))
                 sent = state.generation

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
+
+from common.control import DesiredState
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +20,8 @@ class AgentLink:
 
     agent_id: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The newest state a committed change produced, so a push needs no database read.
+    latest: DesiredState | None = None
     cut_reason: str | None = None
     cut_code: grpc.StatusCode = grpc.StatusCode.ABORTED
 
@@ -52,8 +57,9 @@ class Hub:
         if self._links.get(link.agent_id) is link:
             del self._links[link.agent_id]
 
-    def notify_changed(self, agent_id: str) -> None:
-        self._loop.call_soon_threadsafe(self._wake, agent_id)
+    def notify_changed(self, states: Mapping[str, DesiredState]) -> None:
+        """A DesiredStates listener: hands the new states to the streams of those agents."""
+        self._loop.call_soon_threadsafe(self._deliver, dict(states))
 
     def cut(self, agent_id: str, reason: str = "agent revoked") -> None:
         """Ends the agent's stream with PERMISSION_DENIED (revocation)."""
@@ -65,9 +71,13 @@ class Hub:
         for link in list(self._links.values()):
             link.cut(reason, grpc.StatusCode.UNAVAILABLE)
 
-    def _wake(self, agent_id: str) -> None:
-        link = self._links.get(agent_id)
-        if link is not None:
+    def _deliver(self, states: dict[str, DesiredState]) -> None:
+        for agent_id, state in states.items():
+            link = self._links.get(agent_id)
+            if link is None:
+                continue
+            if link.latest is None or state.generation > link.latest.generation:
+                link.latest = state
             link.changed.set()
 
     def _cut(self, agent_id: str, reason: str) -> None:

@@ -377,3 +377,22 @@ def test_sql_looking_text_is_stored_verbatim_where_allowed(api: Api) -> None:
 def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert error(api.call("GET", "/nothing-here"), 404)
     assert error(api.call("PATCH", "/agents"), 405)
+
+
+def test_site_wide_models(api: Api) -> None:
+    first, second = enroll(api.services, site="hq"), enroll(api.services, site="hq")
+    elsewhere = enroll(api.services, site="branch-1")
+    body = {"models": [{"alias": "chat", "path": "/models/chat.gguf"}]}
+    denied = api.call("PUT", "/sites/hq/desired-state/models", role=Role.VIEWER, json=body)
+    assert denied.status_code == 403
+    response = api.call("PUT", "/sites/hq/desired-state/models", role=Role.OPERATOR, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"site": "hq", "updated": 2}
+    for agent_id in (first, second):
+        state = api.call("GET", f"/agents/{agent_id}/desired-state").json()
+        assert [m["alias"] for m in state["models"]] == ["chat"]
+    assert api.call("GET", f"/agents/{elsewhere}/desired-state").json()["models"] == []
+    bad = api.call("PUT", "/sites/hq%0A/desired-state/models", json=body)
+    assert bad.status_code == 400
+    malformed = api.call("PUT", "/sites/hq/desired-state/models", json={"models": "all"})
+    assert malformed.status_code == 400

@@ -94,7 +94,7 @@ def test_listeners_hear_of_a_change_only_after_it_commits(
     database: Database, desired: DesiredStates
 ) -> None:
     heard: list[str] = []
-    desired.add_listener(heard.append)
+    desired.add_listener(lambda states: heard.extend(sorted(states)))
     with database.session() as session:
         desired.set_models(session, AGENT, [SMOL], actor="alice")
         desired.set_labels(session, AGENT, {"a": "b"}, actor="alice")
@@ -108,7 +108,7 @@ def test_listeners_hear_nothing_of_a_rolled_back_change(
     database: Database, desired: DesiredStates
 ) -> None:
     heard: list[str] = []
-    desired.add_listener(heard.append)
+    desired.add_listener(lambda states: heard.extend(sorted(states)))
 
     def change_then_fail() -> None:
         with database.session() as session:
@@ -130,11 +130,11 @@ def test_a_failing_listener_neither_undoes_the_change_nor_silences_others(
 ) -> None:
     heard: list[str] = []
 
-    def broken(agent_id: str) -> None:
+    def broken(states: object) -> None:
         raise RuntimeError("listener bug")
 
     desired.add_listener(broken)
-    desired.add_listener(heard.append)
+    desired.add_listener(lambda states: heard.extend(sorted(states)))
     assert set_models(database, desired, [SMOL]).generation == 1
     assert heard == [AGENT]
     assert desired.current(AGENT).models == (SMOL,)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import col, select
 
-from common.control import AgentStatus, Hardware, Hello, ItemState, ItemStatus
+from common.control import AgentStatus, Hardware, Hello, ItemState, ItemStatus, ModelAssignment
 from common.errors import InvalidArgument, NotFound
 from controlplane.db.database import Database
 from controlplane.db.models import Agent, AgentState, AuditEvent, Certificate
@@ -312,7 +312,7 @@ def test_setting_labels_bumps_the_desired_state(
 ) -> None:
     enroll(services, labels={"tier": "gold"})
     heard: list[str] = []
-    services.desired.add_listener(heard.append)
+    services.desired.add_listener(lambda states: heard.extend(sorted(states)))
     agent = fleet.set_labels(AGENT, {"tier": "silver", "zone": "eu-1"}, actor="alice")
     assert agent.labels == {"tier": "silver", "zone": "eu-1"}
     assert fleet.get(AGENT).labels == {"tier": "silver", "zone": "eu-1"}
@@ -339,3 +339,33 @@ def test_a_token_used_for_one_enrollment_cannot_enroll_another(
     with pytest.raises(InvalidJoinToken, match="used"), services.db.session() as session:
         services.tokens.consume(session, token, agent_id=OTHER, now=T0)
     assert [a.id for a in services.fleet.list()] == [AGENT]
+
+
+def test_site_wide_models_reach_every_live_agent_of_the_site_only(
+    services: ControlPlaneServices, fleet: Fleet
+) -> None:
+    third = "5c4b3a29-1807-4f6e-9d5c-4b3a29180706"
+    enroll(services, AGENT, serial="01", site="branch-7", labels={"tier": "gold"})
+    enroll(services, OTHER, serial="02", site="branch-7")
+    enroll(services, third, serial="03", site="branch-8")
+    fleet.revoke(OTHER, actor="alice")
+    heard: list[dict[str, int]] = []
+    services.desired.add_listener(
+        lambda states: heard.append({a: s.generation for a, s in states.items()})
+    )
+    model = ModelAssignment(alias="smol", path="/models/smol.gguf")
+    with services.db.session() as session:
+        states = services.desired.set_models_for_site(session, "branch-7", [model], actor="alice")
+    assert set(states) == {AGENT}  # not the revoked agent, not the other site
+    assert heard == [{AGENT: 2}]  # generation 1 held the token's labels
+    current = services.desired.current(AGENT)
+    assert (current.generation, current.models, dict(current.labels)) == (
+        2,
+        (model,),
+        {"tier": "gold"},
+    )
+    assert fleet.get(AGENT).desired_generation == 2
+    assert services.desired.current(third).models == ()
+    assert ("alice", "desired_state.set_models_for_site", "site:branch-7") in audit_actions(
+        services
+    )
