@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from common.control import DesiredState, Hello
 from common.errors import InvalidArgument, NotFound
@@ -21,6 +22,7 @@ from outpost.v1 import control_pb2_grpc as cpb_grpc
 log = logging.getLogger(__name__)
 
 INSECURE_AGENT_HEADER = "x-outpost-agent-id"
+MALFORMED = "malformed message: not an outpost.v1.AgentMessage"
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             first = await asyncio.wait_for(context.read(), self._settings.hello_timeout_s)
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within the deadline")
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
         if first is grpc.aio.EOF or not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         hello = hello_from_pb(first.hello)
@@ -138,7 +142,10 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
     async def _read_statuses(self, context: grpc.aio.ServicerContext, agent_id: str) -> str:
         """Records Status messages until the agent closes its side; returns why it stopped."""
         while True:
-            message = await context.read()
+            try:
+                message = await context.read()
+            except DecodeError:
+                return MALFORMED
             if message is grpc.aio.EOF:
                 return "agent closed the stream"
             if not message.HasField("status"):

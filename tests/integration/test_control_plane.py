@@ -7,12 +7,17 @@ import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from sqlmodel import select
 
+from agent.control.identity import IdentityStore
+from controlplane.db.models import Certificate
 from tests.controlplane_harness import (
     RunningControlPlane,
     controlplane_settings,
@@ -145,3 +150,28 @@ def _has_denied_connect(cp: RunningControlPlane) -> bool:
     with cp.api() as api:
         events = api.get("/audit").json()["events"]
     return any(e["action"] == "connect" and e["outcome"] == "denied" for e in events)
+
+
+def test_agent_renews_a_certificate_that_is_due(tmp_path: Path) -> None:
+    # A one-minute certificate (backdated five minutes for clock skew) is due for renewal at
+    # once: the agent's first session renews it before connecting.
+    settings = controlplane_settings(
+        tmp_path / "cp", None, agent_certificate_ttl=timedelta(minutes=1)
+    )
+    with RunningControlPlane(settings) as cp:
+        running, companion = managed_agent(
+            tmp_path / "agent", cp.enroll_address, cp.create_token(), cp.fingerprint
+        )
+        with running:
+            running.wait_until_serving()
+            wait_until(companion.link.connected.is_set, "the agent is connected")
+            stored = IdentityStore(tmp_path / "agent").load()
+            assert stored is not None
+            assert cp.server.services is not None
+            with cp.server.services.db.session() as session:
+                serials = session.exec(
+                    select(Certificate.serial).where(Certificate.agent_id == stored.agent_id)
+                ).all()
+            assert len(serials) == 2  # the enrollment's and the renewal's
+            current = x509.load_pem_x509_certificate(stored.certificate_pem)
+            assert format(current.serial_number, "x") in serials

@@ -293,3 +293,19 @@ def test_status_with_invalid_item_state_ends_the_stream(cp: RunningControlPlane)
     with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
         error = connect_error(channel, [hello(enrolled.agent_id), bad], hold=True)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_undecodable_stream_message_is_refused(cp: RunningControlPlane) -> None:
+    enrolled = enroll_new(cp)
+    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
+        connect = channel.stream_stream(
+            "/outpost.v1.ControlService/Connect",
+            request_serializer=lambda raw: raw,
+            response_deserializer=cpb.ControlMessage.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            list(connect(iter([b"\xff\xff\xff\xff not protobuf"]), timeout=30))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed" in error.value.details()
+    assert cp.server.services is not None
+    assert cp.server.services.fleet.get(enrolled.agent_id).state == "enrolled"  # never connected
