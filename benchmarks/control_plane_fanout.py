@@ -526,7 +526,8 @@ class RoundResult:
     cp_rss_kib_per_agent: float
     cp_cpu_connect_s: float
     cp_cpu_ms_per_agent: float
-    cp_cpu_push_s: float  # from just before the PUT to the end of the push window
+    cp_idle_cpu_percent: float | None  # of one core, with N streams up and nothing pushed
+    cp_cpu_push_s: float  # from just before the PUT until the last agent had it
     client_rss_kib_per_agent: float
     client_cpu_push_s: float
     cp_log_problems: int  # WARNING/ERROR lines in its log until the end of the push window
@@ -584,12 +585,9 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
                 f"N={count}: {connected} streams up, {failed} failed, in {connect_s:.1f} s",
                 flush=True,
             )
-            if args.pause_before_push > 0:
-                print(
-                    f"N={count}: pausing {args.pause_before_push:g} s before the push", flush=True
-                )
-                time.sleep(args.pause_before_push)
-                server.check_alive()
+            print(f"N={count}: settling {args.settle:g} s before the push", flush=True)
+            time.sleep(args.settle)  # keepalives only: the steady-state cost of holding N
+            cp_settled = server.usage()
 
             body = {
                 "models": [{"alias": alias, "path": "/models/bench.gguf", "context_length": 2048}]
@@ -656,7 +654,10 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
         cp_rss_kib_per_agent=round((cp_connected.rss_kib - cp_before.rss_kib) / per_agent, 1),
         cp_cpu_connect_s=round(cp_connected.cpu_s - cp_before.cpu_s, 2),
         cp_cpu_ms_per_agent=round((cp_connected.cpu_s - cp_before.cpu_s) * 1000 / per_agent, 2),
-        cp_cpu_push_s=round(cp_pushed.cpu_s - cp_connected.cpu_s, 2),
+        cp_idle_cpu_percent=round(100 * (cp_settled.cpu_s - cp_connected.cpu_s) / args.settle, 1)
+        if args.settle > 0
+        else None,
+        cp_cpu_push_s=round(cp_pushed.cpu_s - cp_settled.cpu_s, 2),
         client_rss_kib_per_agent=round(client_rss / per_agent, 1),
         client_cpu_push_s=round(client_push_cpu, 2),
         cp_log_problems=problems_measured,
@@ -729,6 +730,7 @@ def print_table(results: list[RoundResult], args: argparse.Namespace) -> None:
             f"CPU from the PUT until the last agent had it {r.cp_cpu_push_s:.2f} s (control "
             f"plane) + {r.client_cpu_push_s:.2f} s (clients); control plane RSS "
             f"{r.cp_rss_before_kib // 1024} -> {r.cp_rss_connected_kib // 1024} MiB, "
+            f"idle CPU with all connected {r.cp_idle_cpu_percent}% of a core, "
             f"{r.cp_new_sockets} new sockets; {r.dropped} streams dropped; "
             f"{r.cp_log_problems} warnings/errors in its log "
             f"(+{r.cp_log_problems_at_stop} while stopping); {r.verdict}"
@@ -762,10 +764,11 @@ def main() -> int:
         "--server-logs", type=Path, help="write each control plane's log to DIR/cp-N.log"
     )
     parser.add_argument(
-        "--pause-before-push",
+        "--settle",
         type=float,
-        default=0.0,
-        help="seconds to wait between connecting and the push (to attach a profiler)",
+        default=3.0,
+        help="seconds between the last connect and the push; the control plane's CPU over "
+        "them is its steady-state cost (a profiler can attach then)",
     )
     parser.add_argument(
         "--keep-going",

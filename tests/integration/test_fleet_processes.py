@@ -5,55 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import stat
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.controlplane_harness import wait_until
-
-
-class LoggedProcess:
-    """A child process whose stderr lines are collected; waits for patterns in them."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        regex = re.compile(pattern)
-
-        def found() -> re.Match[str] | None:
-            return next((m for m in map(regex.search, self.lines) if m), None)
-
-        with self._changed:
-            if not self._changed.wait_for(
-                lambda: found() is not None or self.process.poll() is not None, timeout
-            ):
-                raise TimeoutError(f"{pattern!r} not logged:\n{''.join(self.lines)}")
-            match = found()
-        assert match is not None, "".join(self.lines)
-        return match
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+from tests.controlplane_harness import (
+    RunningControlPlane,
+    controlplane_settings,
+    managed_agent,
+    wait_until,
+)
+from tests.process_harness import LoggedProcess
 
 
 def outpost(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -232,3 +200,75 @@ def test_reused_token_stops_the_agent_with_a_clear_error(
     )
     assert wrong_pin.returncode == 2
     assert "0" * 64 in wrong_pin.stderr or "fingerprint" in wrong_pin.stderr
+
+
+def test_agent_notices_a_frozen_control_plane_within_30_seconds(
+    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+) -> None:
+    cp, data_dir = control_plane
+    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
+    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
+    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
+    env = {
+        **os.environ,
+        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
+        "OUTPOST_API_KEY": (data_dir / "admin-api-key").read_text().strip(),
+    }
+    token = outpost("tokens", "create", env=env).stdout.strip()
+    running, companion = managed_agent(
+        tmp_path / "agent", f"127.0.0.1:{grpc_port}", token, fingerprint
+    )
+    with running:
+        wait_until(companion.link.connected.is_set, "the agent is connected")
+        os.kill(cp.process.pid, signal.SIGSTOP)  # no FIN, no RST: only keepalive can tell
+        try:
+            started = time.monotonic()
+            wait_until(
+                lambda: not companion.link.connected.is_set(), "the agent notices", timeout=30
+            )
+            noticed_after = time.monotonic() - started
+        finally:
+            os.kill(cp.process.pid, signal.SIGCONT)
+        assert noticed_after < 30
+        wait_until(companion.link.connected.is_set, "the agent reconnects", timeout=60)
+
+
+def test_control_plane_notices_a_frozen_agent_within_30_seconds(tmp_path: Path) -> None:
+    with RunningControlPlane(controlplane_settings(tmp_path / "cp", None)) as cp:
+        agent = LoggedProcess(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                "--control-plane",
+                cp.enroll_address,
+                "--join-token",
+                cp.create_token(),
+                "--ca-fingerprint",
+                cp.fingerprint,
+                "--state-dir",
+                str(tmp_path / "agent"),
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+            ]
+        )
+        try:
+            agent_id = agent.wait_for(r"enrolled as agent ([0-9a-f-]{36})").group(1)
+            assert cp.server.services is not None
+            fleet = cp.server.services.fleet
+            wait_until(lambda: fleet.get(agent_id).state == "connected", "the agent is connected")
+            os.kill(agent.process.pid, signal.SIGSTOP)
+            try:
+                wait_until(
+                    lambda: fleet.get(agent_id).state == "disconnected",
+                    "the control plane notices",
+                    timeout=30,
+                )
+            finally:
+                os.kill(agent.process.pid, signal.SIGCONT)
+            wait_until(lambda: fleet.get(agent_id).state == "connected", "the agent is back", 60)
+        finally:
+            agent.stop()
