@@ -16,9 +16,14 @@ import pytest
 from cryptography import x509
 from sqlmodel import select
 
+from agent.control.client import ControlLinkSettings
 from agent.control.identity import IdentityStore
+from agent.settings import AgentSettings, ModelSettings
 from controlplane.db.models import Certificate
+from tests.agent_harness import RunningAgent
+from tests.conftest import llama_factory
 from tests.controlplane_harness import (
+    ObservedManagedAgent,
     RunningControlPlane,
     controlplane_settings,
     managed_agent,
@@ -175,3 +180,24 @@ def test_agent_renews_a_certificate_that_is_due(tmp_path: Path) -> None:
             assert len(serials) == 2  # the enrollment's and the renewal's
             current = x509.load_pem_x509_certificate(stored.certificate_pem)
             assert format(current.serial_number, "x") in serials
+
+
+def test_plain_text_demo_mode_works_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = controlplane_settings(tmp_path / "cp", None, insecure=True)
+    with caplog.at_level("WARNING"), RunningControlPlane(settings) as cp:
+        link = ControlLinkSettings(
+            control_plane=cp.enroll_address,
+            join_token=cp.create_token(),
+            ca_fingerprint="",
+            insecure=True,
+        )
+        companion = ObservedManagedAgent(
+            tmp_path / "agent", link, ModelSettings(path=Path(), alias="m")
+        )
+        agent_settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0)
+        with RunningAgent(agent_settings, llama_factory(), companion) as running:
+            running.wait_until_serving()
+            wait_until(companion.link.connected.is_set, "the agent is connected in plain text")
+    assert any("PLAIN-TEXT MODE" in r.getMessage() for r in caplog.records)
