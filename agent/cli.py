@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,6 +28,7 @@ from agent.settings import (
     validate,
 )
 from common.certificates import normalize_fingerprint
+from common.lifecycle import configure_logging, run_until_signalled
 
 if TYPE_CHECKING:
     from agent.server import Companion
@@ -152,15 +151,7 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> Companio
 def _serve(settings: AgentSettings, companion: Companion | None = None) -> int:
     from agent.server import AgentServer
 
-    server = AgentServer(settings, _llama_backend, companion)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.request_stop)
-        await server.run()
-
-    asyncio.run(main())
+    run_until_signalled(AgentServer(settings, _llama_backend, companion))
     return 0
 
 
@@ -173,10 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensure_demo_model(cache_dir))
             return 0
         settings = build_settings(args, environ)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_level)
         if args.command == "run":
             return _serve(settings, _managed_companion(settings, args.threads))
         return _serve(settings)

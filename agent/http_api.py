@@ -19,11 +19,11 @@ from agent.openai_schema import (
     StreamOptions,
     chat_request,
     completion_request,
-    parse_json_object,
     stream_options,
 )
 from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
 from common.inference import Finished, TextDelta, Usage
+from common.json_body import parse_json_object
 
 _ERRORS: dict[type[OutpostError], tuple[int, str]] = {
     InvalidArgument: (400, "invalid_request_error"),

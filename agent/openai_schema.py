@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -15,18 +14,6 @@ from common.inference import ChatMessage, ChatRequest, CompletionRequest, Sampli
 class StreamOptions:
     stream: bool
     include_usage: bool
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise InvalidArgument("request body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    return document
 
 
 def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:

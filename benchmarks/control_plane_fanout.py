@@ -464,6 +464,11 @@ class ClientWorkers:
             self.conns.append(parent_end)
             self.processes.append(process)
 
+    def usage(self) -> ProcessUsage:
+        """CPU and RSS of all the worker processes together."""
+        each = [process_usage(p.pid) for p in self.processes if p.pid is not None]
+        return ProcessUsage(sum(u.cpu_s for u in each), sum(u.rss_kib for u in each))
+
     def send(self, command: Command) -> None:
         for conn in self.conns:
             conn.send(command)
@@ -529,7 +534,9 @@ class RoundResult:
     cp_idle_cpu_percent: float | None  # of one core, with N streams up and nothing pushed
     cp_cpu_push_s: float  # from just before the PUT until the last agent had it
     client_rss_kib_per_agent: float
-    client_cpu_push_s: float
+    client_idle_cpu_percent: float | None  # of one core, all workers, nothing pushed
+    client_cpu_push_s: float  # from just before the PUT until the last agent had it
+    push_s: float  # from just before the PUT until the last agent had it (or the window closed)
     cp_log_problems: int  # WARNING/ERROR lines in its log until the end of the push window
     cp_log_samples: list[str]
     cp_log_problems_at_stop: int  # ... while the agents disconnected and it shut down
@@ -575,6 +582,7 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
             connected_reports = workers.collect("connected", connect_budget, server)
             connect_s = time.perf_counter() - start
             cp_connected = server.usage()
+            clients_connected = workers.usage()
             cp_sockets = open_sockets(server.pid) - open_sockets_before
             connected = sum(r.connected for r in connected_reports)
             failed = sum(r.failed for r in connected_reports)
@@ -588,6 +596,7 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
             print(f"N={count}: settling {args.settle:g} s before the push", flush=True)
             time.sleep(args.settle)  # keepalives only: the steady-state cost of holding N
             cp_settled = server.usage()
+            clients_settled = workers.usage()
 
             body = {
                 "models": [{"alias": alias, "path": "/models/bench.gguf", "context_length": 2048}]
@@ -606,6 +615,8 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
             workers.send(Command("pushed", t0=t0, window_s=args.push_window))
             received_reports = workers.collect("received", args.push_window + 120, server)
             cp_pushed = server.usage()
+            clients_pushed = workers.usage()
+            push_s = max(t for r in received_reports for t in [*r.received_at, t0]) - t0
             problems_measured = server.problem_count
             problem_samples = list(server.problems)
             workers.send(Command("stop"))
@@ -623,10 +634,6 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
     per_agent = max(connected, 1)
     client_rss = sum(
         c.usage.rss_kib - r.usage.rss_kib for c, r in zip(connected_reports, ready, strict=True)
-    )
-    client_push_cpu = sum(
-        p.usage.cpu_s - c.usage.cpu_s
-        for p, c in zip(received_reports, connected_reports, strict=True)
     )
     why = []
     if failed > MAX_CONNECT_FAILURE_SHARE * count:
@@ -659,7 +666,13 @@ def run_round(count: int, args: argparse.Namespace) -> RoundResult:
         else None,
         cp_cpu_push_s=round(cp_pushed.cpu_s - cp_settled.cpu_s, 2),
         client_rss_kib_per_agent=round(client_rss / per_agent, 1),
-        client_cpu_push_s=round(client_push_cpu, 2),
+        client_idle_cpu_percent=round(
+            100 * (clients_settled.cpu_s - clients_connected.cpu_s) / args.settle, 1
+        )
+        if args.settle > 0
+        else None,
+        client_cpu_push_s=round(clients_pushed.cpu_s - clients_settled.cpu_s, 2),
+        push_s=round(push_s, 3),
         cp_log_problems=problems_measured,
         cp_log_samples=problem_samples,
         cp_log_problems_at_stop=server.problem_count - problems_measured,
@@ -727,10 +740,11 @@ def print_table(results: list[RoundResult], args: argparse.Namespace) -> None:
         print(
             f"N={r.agents}: PUT took {r.push_rest_s * 1000:.0f} ms (updated {r.push_updated}); "
             f"CPU for the connects {r.cp_cpu_connect_s:.1f} s (control plane); "
-            f"CPU from the PUT until the last agent had it {r.cp_cpu_push_s:.2f} s (control "
-            f"plane) + {r.client_cpu_push_s:.2f} s (clients); control plane RSS "
+            f"in the {r.push_s:.2f} s from the PUT until the last agent had it, CPU "
+            f"{r.cp_cpu_push_s:.2f} s (control plane) + {r.client_cpu_push_s:.2f} s (clients); "
+            f"idle CPU with all connected: control plane {r.cp_idle_cpu_percent}%, clients "
+            f"{r.client_idle_cpu_percent}% of a core; control plane RSS "
             f"{r.cp_rss_before_kib // 1024} -> {r.cp_rss_connected_kib // 1024} MiB, "
-            f"idle CPU with all connected {r.cp_idle_cpu_percent}% of a core, "
             f"{r.cp_new_sockets} new sockets; {r.dropped} streams dropped; "
             f"{r.cp_log_problems} warnings/errors in its log "
             f"(+{r.cp_log_problems_at_stop} while stopping); {r.verdict}"

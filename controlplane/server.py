@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from common.embedded_http import bind_listener, embedded_server
+from common.lifecycle import configure_logging, run_until_signalled
 from controlplane.api.app import create_app
 from controlplane.db.database import Database
 from controlplane.grpc.control import ControlServicer
@@ -163,17 +163,6 @@ class ControlPlaneServer:
 
 
 def serve(settings: ControlPlaneSettings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    server = ControlPlaneServer(settings)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.request_stop)
-        await server.run()
-
-    asyncio.run(main())
+    configure_logging(settings.log_level)
+    run_until_signalled(ControlPlaneServer(settings))
     return 0

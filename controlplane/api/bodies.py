@@ -6,13 +6,13 @@ services (`controlplane.desired_state`), so the API and the service layer cannot
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from common.control import ModelAssignment
 from common.errors import InvalidArgument
+from common.json_body import parse_json_object
 from controlplane.desired_state import (
     CONTEXT_LENGTH_RANGE,
     MAX_LABELS,
@@ -32,20 +32,6 @@ _MODEL_INTS: dict[str, tuple[int, int]] = {
     "gpu_layers": GPU_LAYERS_RANGE,
     "queue_depth": QUEUE_DEPTH_RANGE,
 }
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        raise InvalidArgument("request body is empty: a JSON object is required")
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise InvalidArgument("request body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    return document
 
 
 def reject_unknown(document: dict[str, Any], allowed: set[str], where: str = "") -> None:

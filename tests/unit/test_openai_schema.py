@@ -11,11 +11,11 @@ from agent.openai_schema import (
     StreamOptions,
     chat_request,
     completion_request,
-    parse_json_object,
     stream_options,
 )
 from common.errors import InvalidArgument
 from common.inference import ChatMessage, ChatRequest, CompletionRequest, SamplingParams
+from common.json_body import parse_json_object
 
 USER_HI: dict[str, Any] = {"role": "user", "content": "hi"}
 
@@ -43,9 +43,15 @@ def test_utf8_text_is_decoded() -> None:
     assert parse_json_object('{"prompt": "café 🙂"}'.encode()) == {"prompt": "café 🙂"}
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b'{"model": }', b"{'model': 'm'}", b"nope"])
+@pytest.mark.parametrize("body", [b"{", b'{"model": }', b"{'model': 'm'}", b"nope"])
 def test_malformed_json_is_rejected(body: bytes) -> None:
     with pytest.raises(InvalidArgument, match="not valid JSON"):
+        parse_json_object(body)
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n"])
+def test_empty_body_is_rejected(body: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="body is empty"):
         parse_json_object(body)
 
 
