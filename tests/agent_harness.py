@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,8 +16,7 @@ from agent.server import AgentServer, BoundPorts, Companion
 from agent.settings import AgentSettings, ModelSettings
 from common.inference import ChatMessage, Finished, GenerationEvent
 from outpost.v1 import inference_pb2_grpc as pb_grpc
-
-START_TIMEOUT_S = 60.0
+from tests.server_thread import START_TIMEOUT_S, ServerThread
 
 
 @dataclass
@@ -81,32 +78,10 @@ class RunningAgent:
     ) -> None:
         self.server = AgentServer(settings, factory, companion)
         self.ports = BoundPorts(0, 0)
-        self._thread = threading.Thread(target=self._run, name="agent-under-test", daemon=True)
-        self._listening = threading.Event()
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        async def main() -> None:
-            listening: asyncio.Future[BoundPorts] = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self.server.run(listening))
-            either: set[asyncio.Future[Any]] = {listening, task}
-            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if listening in done:
-                self.ports = listening.result()
-                self._listening.set()
-            await task
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced to the test thread
-            self.error = exc
-        finally:
-            self._listening.set()
+        self._thread = ServerThread(self.server, "agent-under-test")
 
     def __enter__(self) -> RunningAgent:
-        self._thread.start()
-        if not self._listening.wait(START_TIMEOUT_S) or self.error is not None:
-            raise RuntimeError(f"agent did not start: {self.error!r}")
+        self.ports = self._thread.start()
         return self
 
     def __exit__(
@@ -118,8 +93,7 @@ class RunningAgent:
         self.stop()
 
     def stop(self) -> None:
-        self.server.request_stop()
-        self._thread.join(START_TIMEOUT_S)
+        self._thread.stop()
 
     @property
     def grpc_target(self) -> str:

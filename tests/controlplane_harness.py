@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -21,8 +20,7 @@ from controlplane.server import ADMIN_KEY_FILE, ControlPlaneServer, ListeningPor
 from controlplane.settings import ControlPlaneSettings
 from tests.agent_harness import RunningAgent
 from tests.conftest import llama_factory
-
-START_TIMEOUT_S = 60.0
+from tests.server_thread import ServerThread
 
 
 class RunningControlPlane:
@@ -32,32 +30,10 @@ class RunningControlPlane:
         self.settings = settings
         self.server = ControlPlaneServer(settings)
         self.ports = ListeningPorts(0, 0, 0)
-        self.error: BaseException | None = None
-        self._listening = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            listening: asyncio.Future[ListeningPorts] = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self.server.run(listening))
-            either: set[asyncio.Future[Any]] = {listening, task}
-            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if listening in done:
-                self.ports = listening.result()
-                self._listening.set()
-            await task
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced to the test thread
-            self.error = exc
-        finally:
-            self._listening.set()
+        self._thread = ServerThread(self.server, "control-plane")
 
     def __enter__(self) -> RunningControlPlane:
-        self._thread.start()
-        if not self._listening.wait(START_TIMEOUT_S) or self.error is not None:
-            raise RuntimeError(f"control plane did not start: {self.error!r}")
+        self.ports = self._thread.start()
         return self
 
     def __exit__(
@@ -66,8 +42,7 @@ class RunningControlPlane:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.server.request_stop()
-        self._thread.join(START_TIMEOUT_S)
+        self._thread.stop()
 
     @property
     def admin_key(self) -> str:
