@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,46 +36,46 @@ def outpost(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+@dataclass
+class ControlPlaneProcess:
+    """`outpost serve` as a child process, with what its log told about it."""
+
+    process: LoggedProcess
+    data_dir: Path
+    fingerprint: str
+    grpc_port: int
+    env: dict[str, str]  # OUTPOST_URL and OUTPOST_API_KEY for the `outpost` command
+
+
 @pytest.fixture
-def control_plane(tmp_path: Path) -> Iterator[tuple[LoggedProcess, Path]]:
+def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
     data_dir = tmp_path / "cp"
     process = LoggedProcess(
-        [
-            sys.executable,
-            "-m",
-            "controlplane.cli",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--mtls-port",
-            "0",
-        ]
-    )
+        [sys.executable, "-m", "controlplane.cli", "serve", "--data-dir", str(data_dir),
+         "--http-port", "0", "--grpc-port", "0", "--mtls-port", "0"]
+    )  # fmt: skip
     try:
-        yield process, data_dir
+        fingerprint = process.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
+        http_port = process.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
+        grpc_port = process.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
+        env = {
+            **os.environ,
+            "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
+            "OUTPOST_API_KEY": (data_dir / "admin-api-key").read_text().strip(),
+        }
+        yield ControlPlaneProcess(process, data_dir, fingerprint, int(grpc_port), env)
     finally:
         process.stop()
 
 
 def test_admin_enrolls_an_agent_with_the_commands(
-    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+    control_plane: ControlPlaneProcess, tmp_path: Path
 ) -> None:
-    cp, data_dir = control_plane
-    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
-    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
-    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
-    key_file = data_dir / "admin-api-key"
+    cp = control_plane
+    fingerprint, grpc_port, env = cp.fingerprint, cp.grpc_port, cp.env
+    key_file = cp.data_dir / "admin-api-key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert str(key_file) in "".join(cp.lines)
-    env = {
-        **os.environ,
-        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
-        "OUTPOST_API_KEY": key_file.read_text().strip(),
-    }
+    assert str(key_file) in "".join(cp.process.lines)
 
     created = outpost("tokens", "create", "--site", "branch-3", "--label", "floor=2", env=env)
     assert created.returncode == 0, created.stderr
@@ -143,17 +144,10 @@ def test_admin_enrolls_an_agent_with_the_commands(
 
 
 def test_reused_token_stops_the_agent_with_a_clear_error(
-    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+    control_plane: ControlPlaneProcess, tmp_path: Path
 ) -> None:
-    cp, data_dir = control_plane
-    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
-    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
-    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
-    env = {
-        **os.environ,
-        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
-        "OUTPOST_API_KEY": (data_dir / "admin-api-key").read_text().strip(),
-    }
+    cp = control_plane
+    fingerprint, grpc_port, env = cp.fingerprint, cp.grpc_port, cp.env
     token = outpost("tokens", "create", env=env).stdout.strip()
     args = [
         "--control-plane",
@@ -203,24 +197,17 @@ def test_reused_token_stops_the_agent_with_a_clear_error(
 
 
 def test_agent_notices_a_frozen_control_plane_within_30_seconds(
-    control_plane: tuple[LoggedProcess, Path], tmp_path: Path
+    control_plane: ControlPlaneProcess, tmp_path: Path
 ) -> None:
-    cp, data_dir = control_plane
-    fingerprint = cp.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)
-    http_port = cp.wait_for(r"REST API on http://127\.0\.0\.1:(\d+)").group(1)
-    grpc_port = cp.wait_for(r"agents enroll on 127\.0\.0\.1:(\d+)").group(1)
-    env = {
-        **os.environ,
-        "OUTPOST_URL": f"http://127.0.0.1:{http_port}",
-        "OUTPOST_API_KEY": (data_dir / "admin-api-key").read_text().strip(),
-    }
+    cp = control_plane
+    fingerprint, grpc_port, env = cp.fingerprint, cp.grpc_port, cp.env
     token = outpost("tokens", "create", env=env).stdout.strip()
     running, companion = managed_agent(
         tmp_path / "agent", f"127.0.0.1:{grpc_port}", token, fingerprint
     )
     with running:
         wait_until(companion.link.connected.is_set, "the agent is connected")
-        os.kill(cp.process.pid, signal.SIGSTOP)  # no FIN, no RST: only keepalive can tell
+        os.kill(cp.process.process.pid, signal.SIGSTOP)  # no FIN, no RST: only keepalive can tell
         try:
             started = time.monotonic()
             wait_until(
@@ -228,7 +215,7 @@ def test_agent_notices_a_frozen_control_plane_within_30_seconds(
             )
             noticed_after = time.monotonic() - started
         finally:
-            os.kill(cp.process.pid, signal.SIGCONT)
+            os.kill(cp.process.process.pid, signal.SIGCONT)
         assert noticed_after < 30
         wait_until(companion.link.connected.is_set, "the agent reconnects", timeout=60)
 
