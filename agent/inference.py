@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from agent.engine.protocol import ResolvedSampling
 from agent.model_pool import ModelPool
@@ -14,6 +15,7 @@ from agent.request_validation import (
     check_prompt_fits,
     resolve_sampling,
 )
+from common.errors import InvalidArgument
 from common.inference import ChatRequest, CompletionRequest, ModelInfo
 
 
@@ -37,25 +39,35 @@ class Inference:
 
     async def start_completion(self, request: CompletionRequest) -> GenerationStream:
         runner = self._pool.runner(request.model)
-        check_prompt(request.prompt)
-        sampling = resolve_sampling(request.sampling, self._limits)
-        tokens = await asyncio.to_thread(runner.backend.tokenize, request.prompt)
-        return self._start(runner, tokens, sampling)
+
+        def prepare() -> tuple[list[int], ResolvedSampling]:
+            check_prompt(request.prompt)
+            sampling = resolve_sampling(request.sampling, self._limits)
+            return runner.backend.tokenize(request.prompt), sampling
+
+        return await self._start(runner, prepare)
 
     async def start_chat(self, request: ChatRequest) -> GenerationStream:
         runner = self._pool.runner(request.model)
-        check_messages(request.messages)
-        sampling = resolve_sampling(request.sampling, self._limits)
 
-        def render_and_tokenize() -> list[int]:
-            return runner.backend.tokenize(runner.backend.render_chat(request.messages))
+        def prepare() -> tuple[list[int], ResolvedSampling]:
+            check_messages(request.messages)
+            sampling = resolve_sampling(request.sampling, self._limits)
+            prompt = runner.backend.render_chat(request.messages)
+            return runner.backend.tokenize(prompt), sampling
 
-        tokens = await asyncio.to_thread(render_and_tokenize)
-        return self._start(runner, tokens, sampling)
+        return await self._start(runner, prepare)
 
     @staticmethod
-    def _start(
-        runner: ModelRunner, tokens: list[int], sampling: ResolvedSampling
+    async def _start(
+        runner: ModelRunner, prepare: Callable[[], tuple[list[int], ResolvedSampling]]
     ) -> GenerationStream:
-        check_prompt_fits(len(tokens), runner.description.context_length)
+        """Checks, renders and tokenizes off the event loop (llama.cpp's tokenizer only reads
+        the vocabulary), then admits; a refused request counts as an error of its model."""
+        try:
+            tokens, sampling = await asyncio.to_thread(prepare)
+            check_prompt_fits(len(tokens), runner.description.context_length)
+        except InvalidArgument:
+            runner.metrics.rejected()
+            raise
         return runner.start(tokens, sampling)

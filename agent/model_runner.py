@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 from agent.engine.protocol import ModelBackend, ResolvedSampling
+from agent.telemetry.inference_metrics import ModelMetrics
 from common.errors import ResourceExhausted
-from common.inference import Finished, GenerationEvent
+from common.inference import Finished, GenerationEvent, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class ModelRunner:
         self.queue_depth = queue_depth
         self.description = backend.describe()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{alias}")
+        self.metrics = ModelMetrics()
         self._admitted = 0  # jobs submitted and not yet done; event loop thread only
 
     @property
@@ -88,6 +91,7 @@ class ModelRunner:
     def start(self, prompt_tokens: Sequence[int], sampling: ResolvedSampling) -> GenerationStream:
         """Admits a generation or raises ResourceExhausted at once; must run on the event loop."""
         if self._admitted > self.queue_depth:
+            self.metrics.rejected()
             raise ResourceExhausted(
                 f"model {self.alias!r} is busy: {self.waiting} requests are already queued "
                 f"(limit {self.queue_depth}); retry later"
@@ -96,20 +100,35 @@ class ModelRunner:
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
 
+        admitted_at = time.perf_counter()
+
         def run() -> None:
+            first_token_at: float | None = None
             try:
                 for event in self.backend.generate(prompt_tokens, sampling, cancelled):
+                    if first_token_at is None and isinstance(event, TextDelta):
+                        first_token_at = time.perf_counter()
+                    if isinstance(event, Finished):
+                        self._record(event, admitted_at, first_token_at)
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except Exception as exc:  # reported to the caller; the worker thread lives on
                 log.exception("generation on model %r failed", self.alias)
+                self.metrics.failed()
                 loop.call_soon_threadsafe(queue.put_nowait, GenerationFailed(str(exc)))
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         self._admitted += 1
+        self.metrics.admitted()
         job = loop.run_in_executor(self._executor, run)
         job.add_done_callback(self._release)
         return GenerationStream(queue, cancelled)
+
+    def _record(self, event: Finished, admitted_at: float, first_token_at: float | None) -> None:
+        now = time.perf_counter()
+        ttft = None if first_token_at is None else first_token_at - admitted_at
+        decode = 0.0 if first_token_at is None else now - first_token_at
+        self.metrics.finished(event.usage, ttft, decode)
 
     def _release(self, job: asyncio.Future[None]) -> None:
         self._admitted -= 1

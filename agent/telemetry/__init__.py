@@ -1,0 +1,1 @@
+"""Health telemetry on the agent: collectors of machine, GPU and inference metrics."""
