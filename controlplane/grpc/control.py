@@ -159,8 +159,11 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
     async def _push_desired_states(
         self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]
     ) -> None:
-        sent = -1
+        """Writes the current state, then each newer one, until the agent's side ends or the
+        hub cuts the link. One event wakes it for all three."""
+        reader.add_done_callback(lambda _: link.changed.set())
         state: DesiredState = await asyncio.to_thread(self._services.desired.current, link.agent_id)
+        sent = -1
         while True:
             link.changed.clear()
             if link.latest is not None and link.latest.generation > state.generation:
@@ -168,13 +171,11 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             if state.generation != sent:
                 await context.write(cpb.ControlMessage(desired_state=desired_state_to_pb(state)))
                 sent = state.generation
-            changed = asyncio.create_task(link.changed.wait())
-            done, _ = await asyncio.wait({changed, reader}, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
             if link.cut_reason is not None:
                 await context.abort(link.cut_code, link.cut_reason)
-            if reader in done:
+            if reader.done():
                 reason = reader.result()
                 if reason != "agent closed the stream":
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
                 return
+            await link.changed.wait()
