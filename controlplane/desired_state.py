@@ -242,21 +242,22 @@ class DesiredStates:
             .where(live)
         ).all()
         labels_of = {agent_id: dict(spec.get("labels", {})) for agent_id, spec in latest}
+        model_specs = _spec(checked, {})["models"]  # built once, shared by every agent's row
         now = self._clock()
         states: dict[str, DesiredState] = {}
         rows = []
         for agent_id, generation in agents:
-            spec = _spec(checked, labels_of.get(agent_id, {}))
+            labels = labels_of.get(agent_id, {})
             rows.append(
                 {
                     "agent_id": agent_id,
                     "generation": generation + 1,
-                    "spec": spec,
+                    "spec": {"models": model_specs, "labels": labels},
                     "created_at": now,
                     "created_by": actor,
                 }
             )
-            states[agent_id] = _state(generation + 1, spec)
+            states[agent_id] = DesiredState(generation + 1, checked, MappingProxyType(labels))
         if rows:
             session.execute(insert(DesiredStateRecord), rows)
             session.execute(
@@ -267,7 +268,7 @@ class DesiredStates:
             actor=actor,
             action="desired_state.set_models_for_site",
             target=f"site:{site}",
-            detail={"agents": len(rows), "models": _spec(checked, {})["models"]},
+            detail={"agents": len(rows), "models": model_specs},
         )
         session.flush()
         self._notify_after_commit(session, states)

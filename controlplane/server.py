@@ -11,7 +11,11 @@ from pathlib import Path
 import grpc
 
 from common.embedded_http import bind_listener, embedded_server
-from common.lifecycle import configure_logging, run_until_signalled
+from common.lifecycle import (
+    collect_garbage_less_often,
+    configure_logging,
+    run_until_signalled,
+)
 from controlplane.api.app import create_app
 from controlplane.db.database import Database
 from controlplane.grpc.control import ControlServicer
@@ -164,5 +168,6 @@ class ControlPlaneServer:
 
 def serve(settings: ControlPlaneSettings) -> int:
     configure_logging(settings.log_level)
+    collect_garbage_less_often()
     run_until_signalled(ControlPlaneServer(settings))
     return 0
