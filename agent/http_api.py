@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -24,6 +25,7 @@ from agent.openai_schema import (
 from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
 from common.inference import Finished, TextDelta, Usage
 from common.json_body import parse_json_object
+from common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 _ERRORS: dict[type[OutpostError], tuple[int, str]] = {
     InvalidArgument: (400, "invalid_request_error"),
@@ -249,9 +251,28 @@ async def _sse_events(
     yield "data: [DONE]\n\n"
 
 
-def create_app(inference: Inference, *, max_request_bytes: int) -> Litestar:
+def metrics_route(prometheus: Callable[[], bytes]) -> Any:
+    @get("/metrics")
+    async def metrics() -> Response[bytes]:
+        """Prometheus exposition of the machine's and the models' metrics."""
+        body = await asyncio.to_thread(prometheus)
+        return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return metrics
+
+
+def create_app(
+    inference: Inference,
+    *,
+    max_request_bytes: int,
+    prometheus: Callable[[], bytes] | None = None,
+) -> Litestar:
+    """`prometheus` renders `/metrics` (blocking; it runs on a worker thread)."""
+    handlers = OpenAIRoutes(inference).handlers()
+    if prometheus is not None:
+        handlers.append(metrics_route(prometheus))
     return Litestar(
-        route_handlers=OpenAIRoutes(inference).handlers(),
+        route_handlers=handlers,
         exception_handlers={
             OutpostError: _outpost_error,
             HTTPException: _http_error,

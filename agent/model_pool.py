@@ -109,6 +109,10 @@ class ModelPool:
             raise Unavailable(f"model {alias!r} is still loading")
         return slot.runner
 
+    def runners(self) -> list[tuple[str, ModelRunner | None]]:
+        """Each configured model by alias, with its runner once loaded."""
+        return [(alias, slot.runner) for alias, slot in self._slots.items()]
+
     def model_paths(self) -> list[Path]:
         return [slot.settings.path for slot in self._slots.values()]
 

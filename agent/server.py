@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from agent.grpc_api import GrpcFrontEnd
@@ -13,6 +14,7 @@ from agent.inference import Inference
 from agent.model_pool import BackendFactory, ModelPool
 from agent.request_validation import RequestLimits
 from agent.settings import AgentSettings
+from agent.telemetry.agent_metrics import AgentMetrics
 from common.embedded_http import bind_listener, embedded_server
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,13 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 class BoundPorts:
     grpc: int
     http: int
+
+
+def _disk_paths(settings: AgentSettings) -> list[Path]:
+    """Where the agent keeps state and models: the disks its telemetry watches."""
+    paths = [settings.state_dir] if settings.state_dir is not None else []
+    paths += [model.path.parent for model in settings.models]
+    return list(dict.fromkeys(paths))
 
 
 class Companion(Protocol):
@@ -58,6 +67,7 @@ class AgentServer:
                 max_stop_sequences=settings.max_stop_sequences,
             ),
         )
+        self.metrics = AgentMetrics.for_paths(self.pool, _disk_paths(settings))
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -73,7 +83,11 @@ class AgentServer:
         grpc_front = GrpcFrontEnd(self.inference, max_message_bytes=settings.max_request_bytes)
         http_socket = bind_listener(settings.host, settings.http_port)
         http_server = embedded_server(
-            create_app(self.inference, max_request_bytes=settings.max_request_bytes)
+            create_app(
+                self.inference,
+                max_request_bytes=settings.max_request_bytes,
+                prometheus=self.metrics.prometheus,
+            )
         )
         try:
             grpc_port = await grpc_front.start(settings.host, settings.grpc_port)
