@@ -120,7 +120,11 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             reader.cancel()
             self._hub.unregister(link)
             if not self._hub.is_connected(agent_id):
-                await asyncio.to_thread(self._services.fleet.mark_disconnected, agent_id)
+                # Not awaited: a cancelled handler (client gone) may be cancelled again here.
+                recorded = asyncio.get_running_loop().run_in_executor(
+                    None, self._services.fleet.mark_disconnected, agent_id
+                )
+                recorded.add_done_callback(_log_failure)
             log.info("agent %s disconnected", agent_id)
 
     async def _read_hello(self, context: grpc.aio.ServicerContext, agent_id: str) -> Hello:
@@ -179,3 +183,8 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
                 return
             await link.changed.wait()
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not record a disconnection: %s", future.exception())

@@ -309,3 +309,23 @@ def test_undecodable_stream_message_is_refused(cp: RunningControlPlane) -> None:
     assert "malformed" in error.value.details()
     assert cp.server.services is not None
     assert cp.server.services.fleet.get(enrolled.agent_id).state == "enrolled"  # never connected
+
+
+def test_agent_that_hangs_up_is_marked_disconnected(cp: RunningControlPlane) -> None:
+    enrolled = enroll_new(cp)
+    assert cp.server.services is not None
+    fleet = cp.server.services.fleet
+    hung_up = threading.Event()
+
+    def requests() -> Iterator[cpb.AgentMessage]:
+        yield hello(enrolled.agent_id)
+        hung_up.wait(30)
+
+    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
+        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Connect(requests(), timeout=30)
+        assert next(call).HasField("desired_state")
+        assert fleet.get(enrolled.agent_id).state == "connected"
+        call.cancel()
+        hung_up.set()
+    wait_until(lambda: fleet.get(enrolled.agent_id).state == "disconnected", "marked disconnected")
