@@ -87,6 +87,20 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class SequencedSample:
+    """A sample with the agent's sequence number: stored once per (agent, seq)."""
+
+    seq: int
+    sample: Sample
+
+
+@dataclass(frozen=True)
+class TelemetryBatch:
+    samples: tuple[SequencedSample, ...]
+    dropped: int = 0  # samples the agent's full buffer dropped since its last batch
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
     kind: MetricKind

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18outpost/v1/control.proto\x12\noutpost.v1\"B\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"j\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tmtls_port\x18\x04 \x01(\r\"\x11\n\x0f\x44iscoverRequest\"%\n\x10\x44iscoverResponse\x12\x11\n\tmtls_port\x18\x01 \x01(\r\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"`\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.outpost.v1.HelloH\x00\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x12.outpost.v1.StatusH\x00\x42\x06\n\x04\x62ody\"K\n\x0e\x43ontrolMessage\x12\x31\n\rdesired_state\x18\x01 \x01(\x0b\x32\x18.outpost.v1.DesiredStateH\x00\x42\x06\n\x04\x62ody\"d\n\x08Hardware\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x11\n\tcpu_model\x18\x03 \x01(\t\x12\x11\n\tcpu_cores\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\".\n\nLocalModel\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\xad\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x08hardware\x18\x03 \x01(\x0b\x32\x14.outpost.v1.Hardware\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12&\n\x06models\x18\x05 \x03(\x0b\x32\x16.outpost.v1.LocalModel\x12\x1b\n\x13observed_generation\x18\x06 \x01(\x04\"o\n\x0fModelAssignment\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x12\n\ngpu_layers\x18\x04 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\r\"\xb4\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12+\n\x06models\x18\x02 \x03(\x0b\x32\x1b.outpost.v1.ModelAssignment\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.outpost.v1.DesiredState.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\nItemStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.outpost.v1.ItemState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"L\n\x06Status\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x04\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.outpost.v1.ItemStatus*\x84\x01\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12ITEM_STATE_PENDING\x10\x01\x12\x16\n\x12ITEM_STATE_LOADING\x10\x02\x12\x14\n\x10ITEM_STATE_READY\x10\x03\x12\x15\n\x11ITEM_STATE_FAILED\x10\x04\x32\x9b\x01\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.outpost.v1.EnrollRequest\x1a\x1a.outpost.v1.EnrollResponse\x12\x45\n\x08\x44iscover\x12\x1b.outpost.v1.DiscoverRequest\x1a\x1c.outpost.v1.DiscoverResponse2\x9e\x01\n\x0e\x43ontrolService\x12\x43\n\x07\x43onnect\x12\x18.outpost.v1.AgentMessage\x1a\x1a.outpost.v1.ControlMessage(\x01\x30\x01\x12G\n\x10RenewCertificate\x12\x18.outpost.v1.RenewRequest\x1a\x19.outpost.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18outpost/v1/control.proto\x12\noutpost.v1\"B\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"j\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tmtls_port\x18\x04 \x01(\r\"\x11\n\x0f\x44iscoverRequest\"%\n\x10\x44iscoverResponse\x12\x11\n\tmtls_port\x18\x01 \x01(\r\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x91\x01\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.outpost.v1.HelloH\x00\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x12.outpost.v1.StatusH\x00\x12/\n\ttelemetry\x18\x03 \x01(\x0b\x32\x1a.outpost.v1.TelemetryBatchH\x00\x42\x06\n\x04\x62ody\"~\n\x0e\x43ontrolMessage\x12\x31\n\rdesired_state\x18\x01 \x01(\x0b\x32\x18.outpost.v1.DesiredStateH\x00\x12\x31\n\rtelemetry_ack\x18\x02 \x01(\x0b\x32\x18.outpost.v1.TelemetryAckH\x00\x42\x06\n\x04\x62ody\"\x8e\x01\n\x0bMetricValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.outpost.v1.MetricValue.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x0fTelemetrySample\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x17\n\x0f\x63ollected_at_ms\x18\x02 \x01(\x03\x12(\n\x07metrics\x18\x03 \x03(\x0b\x32\x17.outpost.v1.MetricValue\x12\r\n\x05notes\x18\x04 \x03(\t\"O\n\x0eTelemetryBatch\x12,\n\x07samples\x18\x01 \x03(\x0b\x32\x1b.outpost.v1.TelemetrySample\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"!\n\x0cTelemetryAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\"d\n\x08Hardware\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x11\n\tcpu_model\x18\x03 \x01(\t\x12\x11\n\tcpu_cores\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\".\n\nLocalModel\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\xad\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x08hardware\x18\x03 \x01(\x0b\x32\x14.outpost.v1.Hardware\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12&\n\x06models\x18\x05 \x03(\x0b\x32\x16.outpost.v1.LocalModel\x12\x1b\n\x13observed_generation\x18\x06 \x01(\x04\"o\n\x0fModelAssignment\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x12\n\ngpu_layers\x18\x04 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\r\"\xb4\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12+\n\x06models\x18\x02 \x03(\x0b\x32\x1b.outpost.v1.ModelAssignment\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.outpost.v1.DesiredState.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\nItemStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.outpost.v1.ItemState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"L\n\x06Status\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x04\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.outpost.v1.ItemStatus*\x84\x01\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12ITEM_STATE_PENDING\x10\x01\x12\x16\n\x12ITEM_STATE_LOADING\x10\x02\x12\x14\n\x10ITEM_STATE_READY\x10\x03\x12\x15\n\x11ITEM_STATE_FAILED\x10\x04\x32\x9b\x01\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.outpost.v1.EnrollRequest\x1a\x1a.outpost.v1.EnrollResponse\x12\x45\n\x08\x44iscover\x12\x1b.outpost.v1.DiscoverRequest\x1a\x1c.outpost.v1.DiscoverResponse2\x9e\x01\n\x0e\x43ontrolService\x12\x43\n\x07\x43onnect\x12\x18.outpost.v1.AgentMessage\x1a\x1a.outpost.v1.ControlMessage(\x01\x30\x01\x12G\n\x10RenewCertificate\x12\x18.outpost.v1.RenewRequest\x1a\x19.outpost.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outpost.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METRICVALUE_LABELSENTRY']._loaded_options = None
+  _globals['_METRICVALUE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DESIREDSTATE_LABELSENTRY']._loaded_options = None
   _globals['_DESIREDSTATE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ITEMSTATE']._serialized_start=1320
-  _globals['_ITEMSTATE']._serialized_end=1452
+  _globals['_ITEMSTATE']._serialized_start=1796
+  _globals['_ITEMSTATE']._serialized_end=1928
   _globals['_ENROLLREQUEST']._serialized_start=40
   _globals['_ENROLLREQUEST']._serialized_end=106
   _globals['_ENROLLRESPONSE']._serialized_start=108
@@ -47,28 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWREQUEST']._serialized_end=305
   _globals['_RENEWRESPONSE']._serialized_start=307
   _globals['_RENEWRESPONSE']._serialized_end=347
-  _globals['_AGENTMESSAGE']._serialized_start=349
-  _globals['_AGENTMESSAGE']._serialized_end=445
-  _globals['_CONTROLMESSAGE']._serialized_start=447
-  _globals['_CONTROLMESSAGE']._serialized_end=522
-  _globals['_HARDWARE']._serialized_start=524
-  _globals['_HARDWARE']._serialized_end=624
-  _globals['_LOCALMODEL']._serialized_start=626
-  _globals['_LOCALMODEL']._serialized_end=672
-  _globals['_HELLO']._serialized_start=675
-  _globals['_HELLO']._serialized_end=848
-  _globals['_MODELASSIGNMENT']._serialized_start=850
-  _globals['_MODELASSIGNMENT']._serialized_end=961
-  _globals['_DESIREDSTATE']._serialized_start=964
-  _globals['_DESIREDSTATE']._serialized_end=1144
-  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_start=1099
-  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_end=1144
-  _globals['_ITEMSTATUS']._serialized_start=1146
-  _globals['_ITEMSTATUS']._serialized_end=1239
-  _globals['_STATUS']._serialized_start=1241
-  _globals['_STATUS']._serialized_end=1317
-  _globals['_ENROLLMENTSERVICE']._serialized_start=1455
-  _globals['_ENROLLMENTSERVICE']._serialized_end=1610
-  _globals['_CONTROLSERVICE']._serialized_start=1613
-  _globals['_CONTROLSERVICE']._serialized_end=1771
+  _globals['_AGENTMESSAGE']._serialized_start=350
+  _globals['_AGENTMESSAGE']._serialized_end=495
+  _globals['_CONTROLMESSAGE']._serialized_start=497
+  _globals['_CONTROLMESSAGE']._serialized_end=623
+  _globals['_METRICVALUE']._serialized_start=626
+  _globals['_METRICVALUE']._serialized_end=768
+  _globals['_METRICVALUE_LABELSENTRY']._serialized_start=723
+  _globals['_METRICVALUE_LABELSENTRY']._serialized_end=768
+  _globals['_TELEMETRYSAMPLE']._serialized_start=770
+  _globals['_TELEMETRYSAMPLE']._serialized_end=882
+  _globals['_TELEMETRYBATCH']._serialized_start=884
+  _globals['_TELEMETRYBATCH']._serialized_end=963
+  _globals['_TELEMETRYACK']._serialized_start=965
+  _globals['_TELEMETRYACK']._serialized_end=998
+  _globals['_HARDWARE']._serialized_start=1000
+  _globals['_HARDWARE']._serialized_end=1100
+  _globals['_LOCALMODEL']._serialized_start=1102
+  _globals['_LOCALMODEL']._serialized_end=1148
+  _globals['_HELLO']._serialized_start=1151
+  _globals['_HELLO']._serialized_end=1324
+  _globals['_MODELASSIGNMENT']._serialized_start=1326
+  _globals['_MODELASSIGNMENT']._serialized_end=1437
+  _globals['_DESIREDSTATE']._serialized_start=1440
+  _globals['_DESIREDSTATE']._serialized_end=1620
+  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_start=723
+  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_end=768
+  _globals['_ITEMSTATUS']._serialized_start=1622
+  _globals['_ITEMSTATUS']._serialized_end=1715
+  _globals['_STATUS']._serialized_start=1717
+  _globals['_STATUS']._serialized_end=1793
+  _globals['_ENROLLMENTSERVICE']._serialized_start=1931
+  _globals['_ENROLLMENTSERVICE']._serialized_end=2086
+  _globals['_CONTROLSERVICE']._serialized_start=2089
+  _globals['_CONTROLSERVICE']._serialized_end=2247
 # @@protoc_insertion_point(module_scope)

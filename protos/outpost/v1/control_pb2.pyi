@@ -65,18 +65,65 @@ class RenewResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "status")
+    __slots__ = ("hello", "status", "telemetry")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     status: Status
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    telemetry: TelemetryBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("desired_state",)
+    __slots__ = ("desired_state", "telemetry_ack")
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
     desired_state: DesiredState
-    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ...) -> None: ...
+    telemetry_ack: TelemetryAck
+    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ...) -> None: ...
+
+class MetricValue(_message.Message):
+    __slots__ = ("name", "value", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TelemetrySample(_message.Message):
+    __slots__ = ("seq", "collected_at_ms", "metrics", "notes")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    COLLECTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    collected_at_ms: int
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricValue]
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., collected_at_ms: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[MetricValue, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TelemetryBatch(_message.Message):
+    __slots__ = ("samples", "dropped")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[TelemetrySample]
+    dropped: int
+    def __init__(self, samples: _Optional[_Iterable[_Union[TelemetrySample, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class TelemetryAck(_message.Message):
+    __slots__ = ("acked_seq",)
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    acked_seq: int
+    def __init__(self, acked_seq: _Optional[int] = ...) -> None: ...
 
 class Hardware(_message.Message):
     __slots__ = ("hostname", "os", "cpu_model", "cpu_cores", "memory_bytes")
