@@ -277,6 +277,17 @@ class Fleet:
                 agent.state = AgentState.DISCONNECTED.value
             session.add(agent)
 
+    def mark_all_disconnected(self) -> int:
+        """At start-up no stream is open yet: agents recorded as connected are not (the last
+        run may have ended without saying so). Their last contact time is kept."""
+        with self._db.session() as session:
+            result = session.execute(
+                update(Agent)
+                .where(col(Agent.state) == AgentState.CONNECTED.value)
+                .values(state=AgentState.DISCONNECTED.value)
+            )
+            return int(result.rowcount)
+
     def _live_agent(self, session: Session, agent_id: str) -> Agent:
         agent = session.get(Agent, agent_id)
         if agent is None:

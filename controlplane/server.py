@@ -81,6 +81,7 @@ class ControlPlaneServer:
         db = Database(settings.effective_database_url)
         db.migrate()
         services = ControlPlaneServices.build(db)
+        services.fleet.mark_all_disconnected()
         admin_key = services.api_keys.ensure_initial_admin()
         if admin_key is not None:
             key_file = settings.data_dir / ADMIN_KEY_FILE

@@ -369,3 +369,16 @@ def test_site_wide_models_reach_every_live_agent_of_the_site_only(
     assert ("alice", "desired_state.set_models_for_site", "site:branch-7") in audit_actions(
         services
     )
+
+
+def test_start_up_marks_agents_recorded_as_connected_disconnected(
+    services: ControlPlaneServices, fleet: Fleet
+) -> None:
+    enroll(services)
+    fleet.record_hello(AGENT, Hello(agent_id=AGENT, version="1", hardware=Hardware()))
+    seen = fleet.get(AGENT).last_seen_at
+    assert fleet.get(AGENT).state == "connected"
+    assert fleet.mark_all_disconnected() == 1
+    assert fleet.get(AGENT).state == "disconnected"
+    assert fleet.get(AGENT).last_seen_at == seen
+    assert fleet.mark_all_disconnected() == 0
