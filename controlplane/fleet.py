@@ -6,8 +6,9 @@ import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select, update
 
@@ -286,7 +287,7 @@ class Fleet:
                 .where(col(Agent.state) == AgentState.CONNECTED.value)
                 .values(state=AgentState.DISCONNECTED.value)
             )
-            return int(result.rowcount)
+            return int(cast(CursorResult[Any], result).rowcount)
 
     def _live_agent(self, session: Session, agent_id: str) -> Agent:
         agent = session.get(Agent, agent_id)

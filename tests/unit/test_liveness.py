@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from common.telemetry import Metric, Sample
 from controlplane.db.models import Agent
-from controlplane.liveness import Health, Liveness, LivenessPolicy, assess, assess_fleet
+from controlplane.liveness import Liveness, LivenessPolicy, assess, assess_fleet
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 STARTED = NOW - timedelta(hours=1)
 POLICY = LivenessPolicy(grace=timedelta(seconds=60), restart_grace=timedelta(seconds=120))
 
 
-def agent(state: str = "connected", seen_ago: float = 1, **fields: object) -> Agent:
+def agent(state: str = "connected", seen_ago: float = 1, **fields: Any) -> Agent:
     return Agent(
         id=str(uuid.uuid4()),
         name="edge",
