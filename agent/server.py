@@ -38,7 +38,7 @@ def _disk_paths(settings: AgentSettings) -> list[Path]:
 class Companion(Protocol):
     """Work that runs with the servers, e.g. the control-plane link of a managed agent."""
 
-    async def prepare(self, pool: ModelPool) -> None:
+    async def prepare(self, pool: ModelPool, metrics: AgentMetrics) -> None:
         """Runs after the configured models are loaded and before health turns SERVING."""
         ...
 
@@ -121,7 +121,7 @@ class AgentServer:
     async def _lifecycle(self, grpc_front: GrpcFrontEnd, stop: asyncio.Event) -> None:
         await self.pool.load_all()
         if self._companion is not None:
-            await self._companion.prepare(self.pool)
+            await self._companion.prepare(self.pool, self.metrics)
         await grpc_front.set_serving(True)
         log.info("models loaded; serving")
         if self._companion is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from common.control import (
@@ -28,6 +29,7 @@ from common.inference import (
     TextDelta,
     Usage,
 )
+from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import inference_pb2 as pb
 
@@ -254,3 +256,47 @@ def enrollment_from_pb(message: cpb.EnrollResponse) -> Enrollment:
         ca_certificate_pem=message.ca_certificate_pem,
         mtls_port=message.mtls_port,
     )
+
+
+# --- telemetry --------------------------------------------------------------------------
+
+
+def telemetry_batch_to_pb(batch: TelemetryBatch) -> cpb.TelemetryBatch:
+    return cpb.TelemetryBatch(
+        samples=[
+            cpb.TelemetrySample(
+                seq=item.seq,
+                collected_at_ms=round(item.sample.collected_at.timestamp() * 1000),
+                metrics=[
+                    cpb.MetricValue(name=m.name, value=m.value, labels=dict(m.labels))
+                    for m in item.sample.metrics
+                ],
+                notes=list(item.sample.notes),
+            )
+            for item in batch.samples
+        ],
+        dropped=batch.dropped,
+    )
+
+
+_IMPOSSIBLE_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def telemetry_batch_from_pb(message: cpb.TelemetryBatch) -> TelemetryBatch:
+    """A time no clock can hold becomes datetime.min, which the store rejects as too old."""
+    samples = []
+    for sample in message.samples:
+        try:
+            collected_at = datetime.fromtimestamp(sample.collected_at_ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            collected_at = _IMPOSSIBLE_TIME
+        metrics = tuple(Metric(m.name, m.value, dict(m.labels)) for m in sample.metrics)
+        samples.append(
+            SequencedSample(
+                seq=sample.seq,
+                sample=Sample(
+                    collected_at=collected_at, metrics=metrics, notes=tuple(sample.notes)
+                ),
+            )
+        )
+    return TelemetryBatch(samples=tuple(samples), dropped=message.dropped)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from controlplane.audit import AuditLog
 from controlplane.auth import ApiKeys
@@ -12,6 +12,7 @@ from controlplane.db.database import Database
 from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
 from controlplane.fleet import Fleet
+from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
 
 
@@ -23,10 +24,20 @@ class ControlPlaneServices:
     tokens: JoinTokens
     desired: DesiredStates
     fleet: Fleet
+    telemetry: TelemetryStore
 
     @classmethod
-    def build(cls, db: Database, *, clock: Callable[[], datetime] = utcnow) -> ControlPlaneServices:
-        """`clock` (timezone-aware UTC) is for tests that move time."""
+    def build(
+        cls,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        telemetry_raw_retention: timedelta = timedelta(days=1),
+        telemetry_rollup_retention: timedelta = timedelta(days=30),
+    ) -> ControlPlaneServices:
+        """`clock` (timezone-aware UTC) is for tests that move time. Telemetry keeps raw
+        points for `telemetry_raw_retention` and minute averages for
+        `telemetry_rollup_retention`."""
         audit = AuditLog(db, clock=clock)
         desired = DesiredStates(db, audit, clock=clock)
         return cls(
@@ -36,4 +47,10 @@ class ControlPlaneServices:
             tokens=JoinTokens(db, audit, clock=clock),
             desired=desired,
             fleet=Fleet(db, audit, desired, clock=clock),
+            telemetry=TelemetryStore(
+                db,
+                raw_retention=telemetry_raw_retention,
+                rollup_retention=telemetry_rollup_retention,
+                clock=clock,
+            ),
         )

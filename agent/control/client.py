@@ -23,13 +23,16 @@ from agent.control.identity import (
     generate_key,
 )
 from agent.control.state_store import DesiredStateStore
+from agent.telemetry.uplink import TelemetryUplink
 from common.control import AgentStatus, DesiredState, Hello
 from common.proto_convert import (
     desired_state_from_pb,
     enrollment_from_pb,
     hello_to_pb,
     status_to_pb,
+    telemetry_batch_to_pb,
 )
+from common.telemetry import TelemetryBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import control_pb2_grpc as cpb_grpc
 
@@ -97,6 +100,7 @@ class ControlLink:
         apply: Callable[[DesiredState], Awaitable[AgentStatus]],
         hello: Callable[[str, int], Hello],
         backoff: Backoff | None = None,
+        telemetry: TelemetryUplink | None = None,
     ) -> None:
         self._settings = settings
         self._identities = identities
@@ -104,6 +108,7 @@ class ControlLink:
         self._apply = apply
         self._hello = hello
         self._backoff = backoff or Backoff()
+        self._telemetry = telemetry
         self.observed_generation = 0
         self.connected = asyncio.Event()
 
@@ -256,40 +261,61 @@ class ControlLink:
         async with self._channel(identity, port) as channel:
             stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=self._metadata(identity))
+            write_lock = asyncio.Lock()  # Status and telemetry come from two tasks
+
+            async def send(message: cpb.AgentMessage) -> None:
+                async with write_lock:
+                    await call.write(message)
+
+            async def send_telemetry(batch: TelemetryBatch) -> None:
+                await send(cpb.AgentMessage(telemetry=telemetry_batch_to_pb(batch)))
+
             hello = self._hello(identity.agent_id, self.observed_generation)
-            await call.write(cpb.AgentMessage(hello=hello_to_pb(hello)))
-            stopper = asyncio.create_task(stop.wait())
-            renewal = asyncio.create_task(
-                asyncio.sleep(
-                    max(renew_in, MIN_RENEWAL_INTERVAL_S) if renew_in is not None else 1e9
-                )
-            )
+            await send(cpb.AgentMessage(hello=hello_to_pb(hello)))
+            background = [
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(
+                    asyncio.sleep(
+                        max(renew_in, MIN_RENEWAL_INTERVAL_S) if renew_in is not None else 1e9
+                    )
+                ),
+            ]
+            if self._telemetry is not None:
+                background.append(asyncio.create_task(self._telemetry.run(send_telemetry)))
             try:
                 while True:
                     read = asyncio.create_task(call.read())
                     done, _ = await asyncio.wait(
-                        {read, stopper, renewal}, return_when=asyncio.FIRST_COMPLETED
+                        {read, *background}, return_when=asyncio.FIRST_COMPLETED
                     )
-                    if stopper in done or renewal in done:
+                    if read not in done:  # stopping, renewal due, or the sender failed
                         read.cancel()
                         call.cancel()
+                        for task in done:
+                            task.result()  # a failed sender ends the session with its error
                         return identity
                     message = read.result()
                     if message is grpc.aio.EOF:  # an error status would have raised instead
                         raise ConnectionError("the control plane ended the stream")
                     self.connected.set()
                     self._backoff.reset()
-                    await self._handle(call, desired_state_from_pb(message.desired_state))
+                    if message.HasField("telemetry_ack"):
+                        if self._telemetry is not None:
+                            await self._telemetry.acknowledge(message.telemetry_ack.acked_seq)
+                        continue
+                    await self._handle(send, desired_state_from_pb(message.desired_state))
             finally:
-                stopper.cancel()
-                renewal.cancel()
+                for task in background:
+                    task.cancel()
 
-    async def _handle(self, call: grpc.aio.StreamStreamCall, desired: DesiredState) -> None:
+    async def _handle(
+        self, send: Callable[[cpb.AgentMessage], Awaitable[None]], desired: DesiredState
+    ) -> None:
         log.info("desired state generation %d received", desired.generation)
         await asyncio.to_thread(self._desired_states.save, desired)
         status = await self._apply(desired)
         self.observed_generation = status.observed_generation
-        await call.write(cpb.AgentMessage(status=status_to_pb(status)))
+        await send(cpb.AgentMessage(status=status_to_pb(status)))
 
 
 def _new_agent_id() -> str:

@@ -17,6 +17,7 @@ from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
 from controlplane.api.sites import site_routes
+from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
 from controlplane.services import ControlPlaneServices
 
@@ -67,6 +68,7 @@ def create_app(
         *token_routes(services, join_token_ttl),
         *audit_routes(services),
         *site_routes(services),
+        *telemetry_routes(services),
     ]
     api = Router(
         path=API_PREFIX,

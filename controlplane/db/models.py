@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Dialect, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Index, Integer, Text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -165,3 +165,80 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+# -- telemetry ----------------------------------------------------------------------------
+
+METRIC_NAME_CHARS = 128
+LABELS_KEY_CHARS = 512
+
+
+class TelemetrySampleRecord(SQLModel, table=True):
+    """One sample an agent sent, stored once per (agent, seq): the record replays dedupe on.
+
+    Kept as long as its raw points (`raw_retention`); a replay of an older sample is refused
+    as too old, so deleting the record cannot let it in twice.
+    """
+
+    __tablename__ = "telemetry_samples"
+    __table_args__ = (
+        # The agent's samples by time (latest sample); also serves the foreign key.
+        Index("ix_telemetry_samples_agent_id_collected_at", "agent_id", "collected_at"),
+    )
+
+    agent_id: str = Field(primary_key=True, foreign_key="agents.id", max_length=36)
+    seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    collected_at: datetime = Field(sa_type=UtcDateTime, index=True)  # index: retention
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    notes: list[str] = Field(default_factory=list, sa_type=JSON)
+
+
+class MetricPoint(SQLModel, table=True):
+    """One raw reading of one sample; rolled up into `MetricRollup` after `raw_retention`."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (Index("ix_metric_points_agent_id_name_ts", "agent_id", "name", "ts"),)
+
+    # 64-bit on PostgreSQL; SQLite autoincrements only a column typed exactly INTEGER.
+    id: int | None = Field(
+        default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite")
+    )
+    agent_id: str = Field(max_length=36)
+    seq: int = Field(sa_type=BigInteger)  # the sample it came in
+    name: str = Field(max_length=METRIC_NAME_CHARS)
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    labels_key: str = Field(max_length=LABELS_KEY_CHARS)  # canonical form of labels
+    ts: datetime = Field(sa_type=UtcDateTime, index=True)  # index: retention
+    value: float
+
+
+class MetricRollup(SQLModel, table=True):
+    """Count, sum, minimum and maximum of one series over one minute (UTC), from raw points."""
+
+    __tablename__ = "metric_rollups"
+
+    agent_id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(primary_key=True, max_length=METRIC_NAME_CHARS)
+    labels_key: str = Field(primary_key=True, max_length=LABELS_KEY_CHARS)
+    minute: datetime = Field(primary_key=True, sa_type=UtcDateTime, index=True)  # index: retention
+    labels: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    count: int = Field(sa_type=BigInteger)
+    total: float
+    minimum: float
+    maximum: float
+
+
+class TelemetryCounters(SQLModel, table=True):
+    """Per agent, what ingestion did with its telemetry since it enrolled."""
+
+    __tablename__ = "telemetry_counters"
+
+    agent_id: str = Field(primary_key=True, foreign_key="agents.id", max_length=36)
+    received: int = Field(default=0, sa_type=BigInteger)  # samples in its batches
+    stored: int = Field(default=0, sa_type=BigInteger)  # samples stored
+    duplicates: int = Field(default=0, sa_type=BigInteger)  # samples already stored
+    rejected: int = Field(default=0, sa_type=BigInteger)  # samples, metrics turned away for good
+    dropped_by_agent: int = Field(default=0, sa_type=BigInteger)  # lost in the agent's buffer
+    last_sample_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -11,7 +11,12 @@ from google.protobuf.message import DecodeError
 
 from common.control import DesiredState, Hello
 from common.errors import InvalidArgument, NotFound
-from common.proto_convert import desired_state_to_pb, hello_from_pb, status_from_pb
+from common.proto_convert import (
+    desired_state_to_pb,
+    hello_from_pb,
+    status_from_pb,
+    telemetry_batch_from_pb,
+)
 from controlplane.grpc.hub import AgentLink, Hub
 from controlplane.pki import CertificateAuthority, CertificateError, CsrError
 from controlplane.services import ControlPlaneServices
@@ -113,7 +118,7 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         await asyncio.to_thread(self._services.fleet.record_hello, agent_id, hello)
         link = self._hub.register(agent_id)
         log.info("agent %s connected (observed generation %d)", agent_id, hello.observed_generation)
-        reader = asyncio.create_task(self._read_statuses(context, agent_id))
+        reader = asyncio.create_task(self._read_agent(context, link))
         try:
             await self._push_desired_states(context, link, reader)
         finally:
@@ -143,8 +148,9 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         return hello
 
-    async def _read_statuses(self, context: grpc.aio.ServicerContext, agent_id: str) -> str:
-        """Records Status messages until the agent closes its side; returns why it stopped."""
+    async def _read_agent(self, context: grpc.aio.ServicerContext, link: AgentLink) -> str:
+        """Records Status and stores telemetry (acking it) until the agent closes its side;
+        returns why it stopped."""
         while True:
             try:
                 message = await context.read()
@@ -152,13 +158,22 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
                 return MALFORMED
             if message is grpc.aio.EOF:
                 return "agent closed the stream"
+            if message.HasField("telemetry"):
+                batch = telemetry_batch_from_pb(message.telemetry)
+                result = await asyncio.to_thread(
+                    self._services.telemetry.ingest, link.agent_id, batch
+                )
+                ack = cpb.TelemetryAck(acked_seq=result.acked_seq)
+                async with link.write_lock:
+                    await context.write(cpb.ControlMessage(telemetry_ack=ack))
+                continue
             if not message.HasField("status"):
-                return "only Status may follow Hello"
+                return "only Status and telemetry may follow Hello"
             try:
                 status = status_from_pb(message.status)
             except InvalidArgument as exc:
                 return str(exc)
-            await asyncio.to_thread(self._services.fleet.record_status, agent_id, status)
+            await asyncio.to_thread(self._services.fleet.record_status, link.agent_id, status)
 
     async def _push_desired_states(
         self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]
@@ -173,7 +188,9 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             if link.latest is not None and link.latest.generation > state.generation:
                 state = link.latest
             if state.generation != sent:
-                await context.write(cpb.ControlMessage(desired_state=desired_state_to_pb(state)))
+                message = cpb.ControlMessage(desired_state=desired_state_to_pb(state))
+                async with link.write_lock:
+                    await context.write(message)
                 sent = state.generation
             if link.cut_reason is not None:
                 await context.abort(link.cut_code, link.cut_reason)

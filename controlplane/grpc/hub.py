@@ -20,6 +20,8 @@ class AgentLink:
 
     agent_id: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Desired states and telemetry acks are written by two tasks; one write at a time.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The newest state a committed change produced, so a push needs no database read.
     latest: DesiredState | None = None
     cut_reason: str | None = None

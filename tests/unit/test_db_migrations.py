@@ -71,13 +71,17 @@ def test_migrate_is_repeatable_and_stops_at_head(database: Database) -> None:
         assert MigrationContext.configure(connection).get_current_revision() == head
 
 
-def test_there_is_one_revision_and_it_needs_import_sqlmodel() -> None:
+def test_revisions_form_one_chain_from_the_first_table_on() -> None:
     script = ScriptDirectory.from_config(Database("sqlite://").alembic_config())
-    revisions = list(script.walk_revisions())
-    assert len(revisions) == 1
-    assert revisions[0].down_revision is None
-    assert revisions[0].path is not None
-    assert "import sqlmodel" in Path(revisions[0].path).read_text(encoding="utf-8")
+    revisions = list(script.walk_revisions())  # newest first
+    assert len(script.get_heads()) == 1
+    assert revisions[-1].revision == "423333ca0f12"
+    assert revisions[-1].down_revision is None
+    for newer, older in itertools.pairwise(revisions):
+        assert newer.down_revision == older.revision
+    for revision in revisions:
+        assert revision.path is not None
+        assert "import sqlmodel" in Path(revision.path).read_text(encoding="utf-8")
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

@@ -180,3 +180,34 @@ def test_model_info_round_trips(ready: bool) -> None:
     message = model_info_to_pb(info)
     decoded = pb.ModelInfo.FromString(message.SerializeToString())
     assert model_info_from_pb(decoded) == info
+
+
+def test_telemetry_batch_round_trip() -> None:
+    from datetime import UTC, datetime
+
+    from common.proto_convert import telemetry_batch_from_pb, telemetry_batch_to_pb
+    from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
+
+    sample = Sample(
+        collected_at=datetime(2026, 11, 27, 9, 0, 0, 123000, tzinfo=UTC),
+        metrics=(
+            Metric("outpost_memory_total_bytes", 1024.0, {}),
+            Metric("outpost_cpu_utilization_ratio", 0.5, {"cpu": "total"}),
+        ),
+        notes=("no NVIDIA driver: test",),
+    )
+    batch = TelemetryBatch(
+        samples=(SequencedSample(7, sample), SequencedSample(8, sample)), dropped=3
+    )
+    assert telemetry_batch_from_pb(telemetry_batch_to_pb(batch)) == batch
+
+
+def test_telemetry_sample_with_an_impossible_time_reads_as_ancient() -> None:
+    from datetime import UTC, datetime
+
+    from common.proto_convert import telemetry_batch_from_pb
+    from outpost.v1 import control_pb2 as cpb
+
+    message = cpb.TelemetryBatch(samples=[cpb.TelemetrySample(seq=1, collected_at_ms=2**62)])
+    (item,) = telemetry_batch_from_pb(message).samples
+    assert item.sample.collected_at == datetime.min.replace(tzinfo=UTC)
