@@ -93,10 +93,9 @@ def assess_fleet(
     }
     live = [h for h in health.values() if h.state is not Liveness.REVOKED]
     silent = [a for a, h in health.items() if h.state is Liveness.UNREACHABLE]
-    if (
-        len(live) >= policy.mass_silence_min_agents
-        and len(silent) >= policy.mass_silence_ratio * len(live)
-    ):
+    if len(live) >= policy.mass_silence_min_agents and len(
+        silent
+    ) >= policy.mass_silence_ratio * len(live):
         reason = (
             f"{len(silent)} of {len(live)} agents went silent together: most likely a "
             "control-plane or network fault, not these agents"

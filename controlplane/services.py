@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from common.telemetry import Sample
 from controlplane.audit import AuditLog
 from controlplane.auth import ApiKeys
 from controlplane.db.database import Database
 from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
 from controlplane.fleet import Fleet
+from controlplane.liveness import Health, LivenessPolicy, assess_fleet
 from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
 
@@ -25,6 +27,8 @@ class ControlPlaneServices:
     desired: DesiredStates
     fleet: Fleet
     telemetry: TelemetryStore
+    started_at: datetime  # the restart grace of liveness counts from here
+    liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
     @classmethod
     def build(
@@ -34,6 +38,7 @@ class ControlPlaneServices:
         clock: Callable[[], datetime] = utcnow,
         telemetry_raw_retention: timedelta = timedelta(days=1),
         telemetry_rollup_retention: timedelta = timedelta(days=30),
+        liveness_policy: LivenessPolicy | None = None,
     ) -> ControlPlaneServices:
         """`clock` (timezone-aware UTC) is for tests that move time. Telemetry keeps raw
         points for `telemetry_raw_retention` and minute averages for
@@ -53,4 +58,16 @@ class ControlPlaneServices:
                 rollup_retention=telemetry_rollup_retention,
                 clock=clock,
             ),
+            started_at=clock(),
+            liveness_policy=liveness_policy or LivenessPolicy(),
+        )
+
+    def health(self, latest: Mapping[str, Sample] | None = None) -> dict[str, Health]:
+        """Every agent's liveness now; `latest` telemetry (when given) can show degradation."""
+        return assess_fleet(
+            self.fleet.list(),
+            now=self.telemetry.now(),
+            started_at=self.started_at,
+            latest=latest or {},
+            policy=self.liveness_policy,
         )

@@ -17,6 +17,7 @@ from common.telemetry import METRICS, Sample
 from controlplane.api.auth_guard import Access, access
 from controlplane.api.views import iso
 from controlplane.db.models import METRIC_NAME_CHARS, Agent, AgentState
+from controlplane.liveness import Health, Liveness
 from controlplane.services import ControlPlaneServices
 from controlplane.telemetry_store import MAX_BUCKETS, MIN_STEP, Counters, Series
 
@@ -105,10 +106,13 @@ def counters_view(counters: Counters) -> dict[str, Any]:
     }
 
 
-def health_view(agent: Agent, sample: Sample | None, counters: Counters) -> dict[str, Any]:
+def health_view(
+    agent: Agent, sample: Sample | None, counters: Counters, health: Health
+) -> dict[str, Any]:
     return {
         "agent_id": agent.id,
         "state": agent.state,
+        "liveness": {"state": health.state.value, "reason": health.reason},
         "collected_at": iso_ms(sample.collected_at) if sample is not None else None,
         "metrics": [
             {"name": m.name, "labels": dict(m.labels), "value": m.value}
@@ -141,12 +145,15 @@ def telemetry_routes(services: ControlPlaneServices) -> list[Any]:
 
     @get("/agents/{agent_id:str}/health", opt=access(Access.READ, "telemetry.health", AGENT))
     async def agent_health(agent_id: str = agent_id_param) -> dict[str, Any]:
-        """The agent's latest health: its state, the metrics and notes of its newest telemetry
+        """The agent's latest health: its connection state, its liveness (ready, degraded,
+        unreachable or revoked, with the reason), the metrics and notes of its newest telemetry
         sample (`collected_at` null when none arrived yet) and its ingestion counters."""
 
         def load() -> dict[str, Any]:
             agent = fleet.get(agent_id)  # NotFound for an unknown agent
-            return health_view(agent, telemetry.latest(agent_id), telemetry.counters(agent_id))
+            latest = telemetry.latest(agent_id)
+            health = services.health({agent_id: latest} if latest is not None else None)
+            return health_view(agent, latest, telemetry.counters(agent_id), health[agent_id])
 
         return await asyncio.to_thread(load)
 
@@ -218,10 +225,14 @@ def telemetry_routes(services: ControlPlaneServices) -> list[Any]:
                 ).all()
             by_state = {state.value: 0 for state in AgentState}
             by_state.update({state: int(count) for state, count in rows})
+            by_liveness = {state.value: 0 for state in Liveness}
+            for health in services.health().values():
+                by_liveness[health.state.value] += 1
             totals = telemetry.totals()
             return {
                 "agents": sum(by_state.values()),
                 "by_state": by_state,
+                "by_liveness": by_liveness,
                 "telemetry": {
                     "received": totals.received,
                     "stored": totals.stored,

@@ -97,6 +97,8 @@ def test_health_of_an_agent_before_and_after_telemetry(api: Api) -> None:
     assert empty.json() == {
         "agent_id": agent_id,
         "state": "enrolled",
+        # Never connected, but the control plane has just started: within the restart grace.
+        "liveness": {"state": "ready", "reason": "not connected, within the grace period"},
         "collected_at": None,
         "metrics": [],
         "notes": [],
