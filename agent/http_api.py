@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -25,7 +24,7 @@ from agent.openai_schema import (
 from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
 from common.inference import Finished, TextDelta, Usage
 from common.json_body import parse_json_object
-from common.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from common.prometheus import metrics_route
 
 _ERRORS: dict[type[OutpostError], tuple[int, str]] = {
     InvalidArgument: (400, "invalid_request_error"),
@@ -249,16 +248,6 @@ async def _sse_events(
             }
         )
     yield "data: [DONE]\n\n"
-
-
-def metrics_route(prometheus: Callable[[], bytes]) -> Any:
-    @get("/metrics")
-    async def metrics() -> Response[bytes]:
-        """Prometheus exposition of the machine's and the models' metrics."""
-        body = await asyncio.to_thread(prometheus)
-        return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
-
-    return metrics
 
 
 def create_app(

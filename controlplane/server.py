@@ -21,6 +21,7 @@ from controlplane.db.database import Database
 from controlplane.grpc.control import ControlServicer
 from controlplane.grpc.enrollment import EnrollmentServicer
 from controlplane.grpc.hub import Hub
+from controlplane.liveness import LivenessPolicy
 from controlplane.pki import CertificateAuthority
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ControlPlaneSettings
@@ -80,7 +81,14 @@ class ControlPlaneServer:
         )
         db = Database(settings.effective_database_url)
         db.migrate()
-        services = ControlPlaneServices.build(db)
+        services = ControlPlaneServices.build(
+            db,
+            telemetry_raw_retention=settings.telemetry_raw_retention,
+            telemetry_rollup_retention=settings.telemetry_rollup_retention,
+            liveness_policy=LivenessPolicy(
+                grace=settings.liveness_grace, restart_grace=settings.liveness_restart_grace
+            ),
+        )
         services.fleet.mark_all_disconnected()
         admin_key = services.api_keys.ensure_initial_admin()
         if admin_key is not None:
@@ -153,8 +161,10 @@ class ControlPlaneServer:
             if on_listening is not None:
                 on_listening.set_result(ports)
             stop_task = asyncio.create_task(self._stop.wait())
+            compaction = asyncio.create_task(self._compact_periodically(services))
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
+            compaction.cancel()
             log.info("shutting down")
             hub.cut_all("the control plane is shutting down")
             await asyncio.gather(
@@ -165,6 +175,21 @@ class ControlPlaneServer:
         finally:
             http_socket.close()
             services.db.dispose()
+
+    async def _compact_periodically(self, services: ControlPlaneServices) -> None:
+        while True:
+            await asyncio.sleep(self.settings.compaction_interval_s)
+            try:
+                result = await asyncio.to_thread(services.telemetry.compact)
+            except Exception:  # logged; the next round tries again
+                log.exception("telemetry compaction failed")
+                continue
+            log.info(
+                "telemetry compacted: %d points rolled up, %d raw and %d rollups deleted",
+                result.rolled_up,
+                result.raw_deleted,
+                result.rollups_deleted,
+            )
 
 
 def serve(settings: ControlPlaneSettings) -> int:

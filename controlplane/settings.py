@@ -24,6 +24,11 @@ class ControlPlaneSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    telemetry_raw_retention: timedelta = timedelta(days=1)
+    telemetry_rollup_retention: timedelta = timedelta(days=30)
+    compaction_interval_s: float = 600.0  # rolls raw telemetry up and applies retention
+    liveness_grace: timedelta = timedelta(seconds=60)  # silence before "unreachable"
+    liveness_restart_grace: timedelta = timedelta(seconds=120)  # after this process starts
 
     @property
     def effective_database_url(self) -> str:

@@ -106,13 +106,20 @@ class ObservedManagedAgent(ManagedAgent):
 
 
 def managed_agent(
-    state_dir: Path, control_plane: str = "", join_token: str = "", fingerprint: str = ""
+    state_dir: Path,
+    control_plane: str = "",
+    join_token: str = "",
+    fingerprint: str = "",
+    telemetry_interval_s: float = 5.0,
 ) -> tuple[RunningAgent, ObservedManagedAgent]:
     link = ControlLinkSettings(
         control_plane=control_plane, join_token=join_token, ca_fingerprint=fingerprint
     )
     companion = ObservedManagedAgent(
-        state_dir, link, ModelSettings(path=Path(), alias="model", threads=2)
+        state_dir,
+        link,
+        ModelSettings(path=Path(), alias="model", threads=2),
+        telemetry_interval_s=telemetry_interval_s,
     )
     settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
     return RunningAgent(settings, llama_factory(), companion), companion

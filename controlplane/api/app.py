@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from litestar import Litestar, Router, get
@@ -12,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from common.prometheus import metrics_route
 from controlplane.api.agents import agent_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
@@ -19,6 +21,7 @@ from controlplane.api.errors import EXCEPTION_HANDLERS
 from controlplane.api.sites import site_routes
 from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
+from controlplane.fleet_metrics import prometheus
 from controlplane.services import ControlPlaneServices
 
 API_PREFIX = "/api/v1"
@@ -77,7 +80,7 @@ def create_app(
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
     )
     return Litestar(
-        route_handlers=[healthz, api],
+        route_handlers=[healthz, metrics_route(partial(prometheus, services)), api],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=max_request_bytes,
         openapi_config=_openapi(),
