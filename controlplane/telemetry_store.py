@@ -307,7 +307,8 @@ class TelemetryStore:
                     duplicates=duplicates,
                     # Deferred samples come again: only what is turned away for good counts.
                     rejected=sum(n for r, n in rejected.items() if r != BATCH_TOO_LARGE),
-                    dropped_by_agent=dropped,
+                    # A replayed batch repeats its `dropped`: count it with new samples only.
+                    dropped_by_agent=dropped if fresh else 0,
                     last_sample_at=max((s.sample.collected_at for s in fresh), default=None),
                 ),
             )

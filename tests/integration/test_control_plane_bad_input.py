@@ -329,3 +329,61 @@ def test_agent_that_hangs_up_is_marked_disconnected(cp: RunningControlPlane) -> 
         call.cancel()
         hung_up.set()
     wait_until(lambda: fleet.get(enrolled.agent_id).state == "disconnected", "marked disconnected")
+
+
+def test_hostile_telemetry_is_counted_and_the_stream_stays_up(cp: RunningControlPlane) -> None:
+    enrolled = enroll_new(cp)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+
+    def sample(seq: int, *metrics: cpb.MetricValue, at_ms: int = now_ms) -> cpb.TelemetrySample:
+        return cpb.TelemetrySample(seq=seq, collected_at_ms=at_ms, metrics=list(metrics))
+
+    memory = cpb.MetricValue(name="outpost_memory_total_bytes", value=1024)
+    batch = cpb.TelemetryBatch(
+        samples=[
+            sample(
+                1, memory, cpb.MetricValue(name="outpost_memory_used_bytes", value=float("nan"))
+            ),
+            sample(2, cpb.MetricValue(name="outpost_memory_used_bytes", value=-5)),
+            sample(3, cpb.MetricValue(name="outpost_not_a_metric", value=1)),
+            sample(4, memory, at_ms=now_ms + 3_600_000),  # an hour in the future
+            sample(5, memory, at_ms=0),  # 1970
+            sample(
+                6,
+                cpb.MetricValue(
+                    name="outpost_cpu_utilization_ratio", value=7.5, labels={"cpu": "total"}
+                ),
+            ),
+            sample(6, memory),  # a repeat
+            sample(9, memory),  # a gap
+        ],
+        dropped=2,
+    )
+    replied = threading.Event()
+
+    def requests() -> Iterator[cpb.AgentMessage]:
+        yield hello(enrolled.agent_id)
+        yield cpb.AgentMessage(telemetry=batch)
+        yield cpb.AgentMessage(telemetry=batch)  # replayed whole: nothing is stored twice
+        replied.wait(30)
+
+    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
+        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+        replies = stub.Connect(requests(), timeout=30)
+        assert next(replies).HasField("desired_state")
+        acks = [next(replies).telemetry_ack.acked_seq for _ in range(2)]
+        replied.set()
+        replies.cancel()
+    assert acks == [9, 9]  # everything handled, so the agent may forget all of it
+    assert cp.server.services is not None
+    counters = cp.server.services.telemetry.counters(enrolled.agent_id)
+    assert counters.received == 16
+    assert counters.stored == 5  # seqs 1, 2, 3, 6 and 9 (with their valid metrics only)
+    # Per batch: NaN, negative bytes, unknown name, ratio 7.5, the future and the 1970 sample;
+    # the replayed batch's two whole-sample rejects are turned away again.
+    assert counters.rejected == 6 + 2
+    assert counters.duplicates == 1 + 6  # the repeat of 6, then the replayed batch's new ones
+    assert counters.dropped_by_agent == 2  # reported twice, counted once
+    latest = cp.server.services.telemetry.latest(enrolled.agent_id)
+    assert latest is not None
+    assert [m.name for m in latest.metrics] == ["outpost_memory_total_bytes"]
