@@ -145,7 +145,9 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> Companio
         insecure=settings.insecure_control,
     )
     defaults = ModelSettings(path=Path(), alias="model", threads=threads or 0)
-    return ManagedAgent(settings.state_dir, link, defaults)
+    return ManagedAgent(
+        settings.state_dir, link, defaults, telemetry_interval_s=settings.telemetry_interval_s
+    )
 
 
 def _serve(settings: AgentSettings, companion: Companion | None = None) -> int:

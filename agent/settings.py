@@ -48,9 +48,11 @@ class AgentSettings:
     join_token: str = ""
     ca_fingerprint: str = ""
     insecure_control: bool = False
+    telemetry_interval_s: int = 5  # managed mode: how often a health sample is taken
 
 
 _INT_FIELDS = {
+    "telemetry_interval_s",
     "grpc_port",
     "http_port",
     "max_tokens_limit",
@@ -171,6 +173,8 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
         raise SettingsError(f"grpc_port and http_port are both {settings.grpc_port}")
     if not 1 <= settings.default_max_tokens <= settings.max_tokens_limit:
         raise SettingsError("default_max_tokens must be between 1 and max_tokens_limit")
+    if not 1 <= settings.telemetry_interval_s <= 3600:
+        raise SettingsError("telemetry_interval_s must be between 1 and 3600")
     if settings.max_stop_sequences < 0:
         raise SettingsError("max_stop_sequences must not be negative")
     if settings.log_level.upper() not in LOG_LEVELS:
