@@ -5,7 +5,7 @@ twice, also when two streams deliver the same batch at once), raw points for `ra
 and per-minute rollups (count, sum, minimum, maximum per series) for `rollup_retention`;
 `compact()` moves raw points into rollups and applies both retentions. Every statement is the
 same on SQLite and PostgreSQL: the few expressions the dialects spell differently (a minute's
-start, milliseconds since the epoch, text as JSON) are compiled per dialect below.
+start, milliseconds since the epoch, text as JSON) live in `controlplane/db/dialect_functions`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ColumnElement, Table, and_, case, delete, func, or_
+from sqlalchemy import ColumnElement, Table, and_, case, delete, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
 from common.errors import InvalidArgument, NotFound
@@ -39,6 +36,7 @@ from common.telemetry import (
     validate_metric,
 )
 from controlplane.db.database import Database
+from controlplane.db.dialect_functions import AsJson, EpochMs, MinuteOf
 from controlplane.db.models import (
     LABELS_KEY_CHARS,
     Agent,
@@ -46,7 +44,6 @@ from controlplane.db.models import (
     MetricRollup,
     TelemetryCounters,
     TelemetrySampleRecord,
-    UtcDateTime,
     utcnow,
 )
 
@@ -140,70 +137,6 @@ def reject_reason(metric: Metric) -> str | None:
     ):
         return WRONG_LABELS
     return INVALID_METRIC
-
-
-# -- expressions the dialects spell differently ------------------------------------------
-
-
-class _MinuteOf(FunctionElement[datetime]):
-    """The start of the UTC minute of a UtcDateTime column."""
-
-    type = UtcDateTime()
-    inherit_cache = True
-    name = "minute_of"
-
-
-@compiles(_MinuteOf, "sqlite")
-def _minute_of_sqlite(element: _MinuteOf, compiler: SQLCompiler, **kw: Any) -> str:
-    # The text UtcDateTime stores on SQLite: naive UTC, "YYYY-MM-DD HH:MM:SS.ffffff".
-    return f"strftime('%Y-%m-%d %H:%M:00.000000', {compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_MinuteOf, "postgresql")
-def _minute_of_postgresql(element: _MinuteOf, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"date_trunc('minute', {compiler.process(element.clauses, **kw)}, 'UTC')"
-
-
-class _EpochMs(FunctionElement[int]):
-    """Whole milliseconds since 1970-01-01 UTC of a UtcDateTime column, as an integer."""
-
-    type = BigInteger()
-    inherit_cache = True
-    name = "epoch_ms"
-
-
-@compiles(_EpochMs, "sqlite")
-def _epoch_ms_sqlite(element: _EpochMs, compiler: SQLCompiler, **kw: Any) -> str:
-    # %s and %f come from the same parsed instant, so they agree when milliseconds round up.
-    value = compiler.process(element.clauses, **kw)
-    return (
-        f"(CAST(strftime('%s', {value}) AS INTEGER) * 1000"
-        f" + CAST(round(strftime('%f', {value}) * 1000) AS INTEGER) % 1000)"
-    )
-
-
-@compiles(_EpochMs, "postgresql")
-def _epoch_ms_postgresql(element: _EpochMs, compiler: SQLCompiler, **kw: Any) -> str:
-    value = compiler.process(element.clauses, **kw)
-    return f"CAST(floor(extract(epoch FROM {value}) * 1000) AS BIGINT)"
-
-
-class _AsJson(FunctionElement[Any]):
-    """Text that holds JSON, as a JSON value (SQLite's JSON columns are text already)."""
-
-    type = JSON()
-    inherit_cache = True
-    name = "as_json"
-
-
-@compiles(_AsJson, "sqlite")
-def _as_json_sqlite(element: _AsJson, compiler: SQLCompiler, **kw: Any) -> str:
-    return str(compiler.process(element.clauses, **kw))
-
-
-@compiles(_AsJson, "postgresql")
-def _as_json_postgresql(element: _AsJson, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"CAST({compiler.process(element.clauses, **kw)} AS JSON)"
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -479,7 +412,7 @@ class TelemetryStore:
         start_ms = _epoch_ms(start)
 
         def bucket(column: Any) -> ColumnElement[int]:
-            return (_EpochMs(column) - start_ms) // step_ms
+            return (EpochMs(column) - start_ms) // step_ms
 
         raw_bucket = bucket(col(MetricPoint.ts)).label("bucket")
         raw = (
@@ -654,14 +587,14 @@ class TelemetryStore:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             if not self._compaction_lock(session):
                 return 0, 0
-            minute = _MinuteOf(points.c.ts)
+            minute = MinuteOf(points.c.ts)
             aggregate = (
                 sa_select(
                     points.c.agent_id,
                     points.c.name,
                     points.c.labels_key,
                     minute,
-                    _AsJson(points.c.labels_key),
+                    AsJson(points.c.labels_key),
                     func.count(),
                     func.sum(points.c.value),
                     func.min(points.c.value),
