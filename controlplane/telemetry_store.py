@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, delete, func, or_
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, delete, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -44,6 +44,7 @@ from controlplane.db.models import (
     MetricRollup,
     TelemetryCounters,
     TelemetrySampleRecord,
+    UtcDateTime,
     utcnow,
 )
 
@@ -182,6 +183,7 @@ class TelemetryStore:
         self._clock = clock
         dialect = sqlite if db.dialect == "sqlite" else postgresql
         self._upsert_insert = dialect.insert
+        self._count_statement: Any = None
 
     def now(self) -> datetime:
         """The store's clock (timezone-aware UTC): what "now" means for ingestion."""
@@ -309,18 +311,29 @@ class TelemetryStore:
         return points
 
     def _count(self, session: Session, agent_id: str, add: Counters) -> None:
-        table = _table(TelemetryCounters)
-        statement = self._upsert_insert(table).values(
-            agent_id=agent_id,
-            received=add.received,
-            stored=add.stored,
-            duplicates=add.duplicates,
-            rejected=add.rejected,
-            dropped_by_agent=add.dropped_by_agent,
-            last_sample_at=add.last_sample_at,
+        if self._count_statement is None:  # built once: building it costs more than running it
+            self._count_statement = self._counter_upsert()
+        session.connection().execute(
+            self._count_statement,
+            {
+                "agent_id": agent_id,
+                "received": add.received,
+                "stored": add.stored,
+                "duplicates": add.duplicates,
+                "rejected": add.rejected,
+                "dropped_by_agent": add.dropped_by_agent,
+                "last_sample_at": add.last_sample_at,
+            },
         )
+
+    def _counter_upsert(self) -> Any:
+        table = _table(TelemetryCounters)
+        names = ("agent_id", "received", "stored", "duplicates", "rejected", "dropped_by_agent")
+        values: dict[str, Any] = {name: bindparam(name) for name in names}
+        values["last_sample_at"] = bindparam("last_sample_at", type_=UtcDateTime())
+        statement = self._upsert_insert(table).values(**values)
         new, old = statement.excluded, table.c
-        statement = statement.on_conflict_do_update(
+        return statement.on_conflict_do_update(
             index_elements=[table.c.agent_id],
             set_={
                 "received": old.received + new.received,
@@ -343,7 +356,6 @@ class TelemetryStore:
                 ),
             },
         )
-        session.connection().execute(statement)
 
     # -- reading --------------------------------------------------------------------------
 
