@@ -33,7 +33,6 @@ from common.telemetry import (
     Sample,
     SequencedSample,
     TelemetryBatch,
-    validate_metric,
 )
 from controlplane.db.database import Database
 from controlplane.db.dialect_functions import AsJson, EpochMs, MinuteOf
@@ -46,6 +45,15 @@ from controlplane.db.models import (
     TelemetrySampleRecord,
     UtcDateTime,
     utcnow,
+)
+from controlplane.telemetry_validation import (
+    BAD_SEQUENCE_NUMBER,
+    BATCH_TOO_LARGE,
+    SAMPLE_FROM_THE_FUTURE,
+    SAMPLE_TOO_OLD,
+    TOO_MANY_METRICS,
+    WRONG_LABELS,
+    reject_reason,
 )
 
 log = logging.getLogger("outpost.controlplane.telemetry")
@@ -61,19 +69,6 @@ MIN_STEP = timedelta(seconds=1)
 COMPACT_SLICE = timedelta(hours=1)  # compaction commits per slice of raw time
 # Two compactions at once on PostgreSQL: the second finds this lock taken and does nothing.
 _COMPACT_LOCK_KEY = 0x6F7574706F737431  # "outpost1"
-
-# Reasons counted in IngestResult.rejected.
-BATCH_TOO_LARGE = "batch too large"
-BAD_SEQUENCE_NUMBER = "bad sequence number"
-SAMPLE_FROM_THE_FUTURE = "sample from the future"
-SAMPLE_TOO_OLD = "sample too old"
-TOO_MANY_METRICS = "too many metrics"
-UNKNOWN_METRIC = "unknown metric"
-VALUE_NOT_A_NUMBER = "value not a number"
-VALUE_NOT_FINITE = "value not finite"
-VALUE_OUT_OF_RANGE = "value out of range"
-WRONG_LABELS = "wrong labels"
-INVALID_METRIC = "invalid metric"  # anything else validate_metric refuses
 
 
 @dataclass(frozen=True)
@@ -117,27 +112,6 @@ class Series:
 def labels_key(labels: Mapping[str, str]) -> str:
     """The canonical text of a label set: compact JSON with sorted keys, e.g. {"cpu":"0"}."""
     return json.dumps(dict(labels), separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-
-
-def reject_reason(metric: Metric) -> str | None:
-    """The category of what `validate_metric` refuses (None when it accepts the metric)."""
-    if validate_metric(metric) is None:
-        return None
-    spec = METRICS.get(metric.name)
-    if spec is None:
-        return UNKNOWN_METRIC
-    value = metric.value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return VALUE_NOT_A_NUMBER
-    if not math.isfinite(value):
-        return VALUE_NOT_FINITE
-    if not spec.minimum <= value <= spec.maximum:
-        return VALUE_OUT_OF_RANGE
-    if set(metric.labels) != set(spec.labels) or not all(
-        isinstance(v, str) for v in metric.labels.values()
-    ):
-        return WRONG_LABELS
-    return INVALID_METRIC
 
 
 def _epoch_ms(moment: datetime) -> int:

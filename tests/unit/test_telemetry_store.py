@@ -19,6 +19,13 @@ from controlplane.db.database import Database
 from controlplane.db.models import MetricPoint, MetricRollup, TelemetrySampleRecord
 from controlplane.services import ControlPlaneServices
 from controlplane.telemetry_store import (
+    CompactResult,
+    Counters,
+    Series,
+    TelemetryStore,
+    labels_key,
+)
+from controlplane.telemetry_validation import (
     BATCH_TOO_LARGE,
     SAMPLE_FROM_THE_FUTURE,
     SAMPLE_TOO_OLD,
@@ -27,11 +34,6 @@ from controlplane.telemetry_store import (
     VALUE_NOT_FINITE,
     VALUE_OUT_OF_RANGE,
     WRONG_LABELS,
-    CompactResult,
-    Counters,
-    Series,
-    TelemetryStore,
-    labels_key,
 )
 
 T0 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
