@@ -135,6 +135,7 @@ def test_full_queue_is_429_at_once(demo_model: Path) -> None:
             httpx.Client(base_url=agent.http_base, timeout=60) as http,
             http.stream("POST", "/v1/completions", json=long) as running,
         ):
-            next(running.iter_lines())  # the first generation is running now
+            lines = running.iter_lines()  # kept open: closing it would cancel the generation
+            next(lines)  # the first generation is running now
             refused = http.post("/v1/completions", json={"model": MODEL_ALIAS, "prompt": "hi"})
     assert_openai_error(refused, 429, "busy")
