@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, delete, func, or_
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,8 +34,8 @@ from common.telemetry import (
     SequencedSample,
     TelemetryBatch,
 )
-from controlplane.db.database import Database
-from controlplane.db.dialect_functions import AsJson, EpochMs, MinuteOf
+from controlplane.db.database import Database, table_of
+from controlplane.db.dialect_functions import EpochMs
 from controlplane.db.models import (
     LABELS_KEY_CHARS,
     Agent,
@@ -46,6 +46,7 @@ from controlplane.db.models import (
     UtcDateTime,
     utcnow,
 )
+from controlplane.telemetry_retention import CompactResult, TelemetryRetention
 from controlplane.telemetry_validation import (
     BAD_SEQUENCE_NUMBER,
     BATCH_TOO_LARGE,
@@ -53,6 +54,7 @@ from controlplane.telemetry_validation import (
     SAMPLE_TOO_OLD,
     TOO_MANY_METRICS,
     WRONG_LABELS,
+    aware_utc,
     reject_reason,
 )
 
@@ -66,9 +68,6 @@ MAX_NOTES = 32
 MAX_NOTE_CHARS = 500
 MAX_BUCKETS = 10_000
 MIN_STEP = timedelta(seconds=1)
-COMPACT_SLICE = timedelta(hours=1)  # compaction commits per slice of raw time
-# Two compactions at once on PostgreSQL: the second finds this lock taken and does nothing.
-_COMPACT_LOCK_KEY = 0x6F7574706F737431  # "outpost1"
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,6 @@ class IngestResult:
     duplicates: int
     rejected: dict[str, int]  # reason -> samples or metrics turned away
     acked_seq: int
-
-
-@dataclass(frozen=True)
-class CompactResult:
-    rolled_up: int  # minute rollup rows written (new or added to)
-    raw_deleted: int  # raw points moved into rollups
-    rollups_deleted: int  # rollups past rollup_retention
 
 
 @dataclass(frozen=True)
@@ -118,20 +110,9 @@ def _epoch_ms(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-def _aware(moment: datetime, what: str) -> datetime:
-    if not isinstance(moment, datetime) or moment.tzinfo is None:
-        raise InvalidArgument(f"{what} must be a timezone-aware datetime")
-    return moment.astimezone(UTC)
-
-
 def _notes(notes: Sequence[str]) -> list[str]:
     kept = [n for n in notes[:MAX_NOTES] if isinstance(n, str)]
     return [n.replace("\x00", "\N{REPLACEMENT CHARACTER}")[:MAX_NOTE_CHARS] for n in kept]
-
-
-def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
 
 
 class TelemetryStore:
@@ -158,6 +139,7 @@ class TelemetryStore:
         dialect = sqlite if db.dialect == "sqlite" else postgresql
         self._upsert_insert = dialect.insert
         self._count_statement: Any = None
+        self._retention = TelemetryRetention(db, raw_retention, rollup_retention, clock)
 
     def now(self) -> datetime:
         """The store's clock (timezone-aware UTC): what "now" means for ingestion."""
@@ -206,7 +188,7 @@ class TelemetryStore:
             duplicates += len(candidates) - len(fresh)
             points = self._points(agent_id, fresh, rejected)
             if points:
-                session.connection().execute(sa_insert(_table(MetricPoint)), points)
+                session.connection().execute(sa_insert(table_of(MetricPoint)), points)
             self._count(
                 session,
                 agent_id,
@@ -234,7 +216,7 @@ class TelemetryStore:
         decides, so a concurrent transaction with the same samples inserts each once)."""
         if not candidates:
             return []
-        table = _table(TelemetrySampleRecord)
+        table = table_of(TelemetrySampleRecord)
         statement = (
             self._upsert_insert(table)
             .on_conflict_do_nothing(index_elements=[table.c.agent_id, table.c.seq])
@@ -301,7 +283,7 @@ class TelemetryStore:
         )
 
     def _counter_upsert(self) -> Any:
-        table = _table(TelemetryCounters)
+        table = table_of(TelemetryCounters)
         names = ("agent_id", "received", "stored", "duplicates", "rejected", "dropped_by_agent")
         values: dict[str, Any] = {name: bindparam(name) for name in names}
         values["last_sample_at"] = bindparam("last_sample_at", type_=UtcDateTime())
@@ -382,7 +364,7 @@ class TelemetryStore:
         labels include all of these; None keeps every series. Sorted by labels.
         """
         spec = self._spec(name)
-        start, end = _aware(start, "start"), _aware(end, "end")
+        start, end = aware_utc(start, "start"), aware_utc(end, "end")
         if start >= end:
             raise InvalidArgument("start must be before end")
         if step < MIN_STEP:
@@ -498,7 +480,7 @@ class TelemetryStore:
 
     def totals(self) -> Counters:
         """The counters summed over every agent (`last_sample_at`: the newest of all)."""
-        c = _table(TelemetryCounters).c
+        c = table_of(TelemetryCounters).c
         with self._db.session() as session:
             row = session.execute(
                 sa_select(
@@ -522,100 +504,5 @@ class TelemetryStore:
     # -- retention ------------------------------------------------------------------------
 
     def compact(self, now: datetime | None = None) -> CompactResult:
-        """Rolls raw points older than `raw_retention` into minute rollups and deletes them
-        with their sample records; deletes rollups older than `rollup_retention`.
-
-        Idempotent: each slice of raw time is rolled up and deleted in one transaction, so a
-        point is counted in a rollup exactly once however often (or concurrently) this runs.
-        """
-        now = _aware(now if now is not None else self._clock(), "now")
-        raw_cutoff = now - self.raw_retention
-        rolled_up = raw_deleted = 0
-        with self._db.session() as session:
-            oldest = session.exec(select(func.min(MetricPoint.ts))).one()
-        lower = oldest
-        while lower is not None and lower < raw_cutoff:
-            upper = min(lower + COMPACT_SLICE, raw_cutoff)
-            written, deleted = self._compact_slice(upper)
-            rolled_up += written
-            raw_deleted += deleted
-            lower = upper
-        with self._db.session() as session:
-            if not self._compaction_lock(session):
-                return CompactResult(rolled_up, raw_deleted, 0)
-            session.exec(
-                delete(TelemetrySampleRecord).where(
-                    col(TelemetrySampleRecord.collected_at) < raw_cutoff
-                )
-            )
-            rollups_deleted = session.exec(
-                delete(MetricRollup).where(col(MetricRollup.minute) < now - self.rollup_retention)
-            ).rowcount
-        return CompactResult(rolled_up, raw_deleted, rollups_deleted)
-
-    def _compaction_lock(self, session: Session) -> bool:
-        """Serialises compactions: SQLite's write lock does; PostgreSQL takes an advisory lock
-        for the transaction (False: another compaction holds it)."""
-        if self._db.dialect != "postgresql":
-            return True
-        return bool(
-            session.execute(func.pg_try_advisory_xact_lock(_COMPACT_LOCK_KEY).select()).scalar()
-        )
-
-    def _compact_slice(self, upper: datetime) -> tuple[int, int]:
-        """Rolls up and deletes the raw points before `upper`: (rollup rows, points)."""
-        points = _table(MetricPoint)
-        rollups = _table(MetricRollup)
-        with self._db.session() as session:
-            if self._db.dialect == "postgresql":
-                # One snapshot for both statements: what is deleted is what was rolled up,
-                # also when points before `upper` commit in between.
-                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            if not self._compaction_lock(session):
-                return 0, 0
-            minute = MinuteOf(points.c.ts)
-            aggregate = (
-                sa_select(
-                    points.c.agent_id,
-                    points.c.name,
-                    points.c.labels_key,
-                    minute,
-                    AsJson(points.c.labels_key),
-                    func.count(),
-                    func.sum(points.c.value),
-                    func.min(points.c.value),
-                    func.max(points.c.value),
-                )
-                .where(points.c.ts < upper)
-                .group_by(points.c.agent_id, points.c.name, points.c.labels_key, minute)
-            )
-            statement = self._upsert_insert(rollups).from_select(
-                [
-                    "agent_id",
-                    "name",
-                    "labels_key",
-                    "minute",
-                    "labels",
-                    "count",
-                    "total",
-                    "minimum",
-                    "maximum",
-                ],
-                aggregate,
-            )
-            new, old = statement.excluded, rollups.c
-            statement = statement.on_conflict_do_update(
-                index_elements=[old.agent_id, old.name, old.labels_key, old.minute],
-                set_={
-                    "count": old.count + new.count,
-                    "total": old.total + new.total,
-                    "minimum": case((new.minimum < old.minimum, new.minimum), else_=old.minimum),
-                    "maximum": case((new.maximum > old.maximum, new.maximum), else_=old.maximum),
-                },
-            )
-            connection = session.connection()
-            written = connection.execute(
-                statement.execution_options(preserve_rowcount=True)
-            ).rowcount
-            deleted = connection.execute(delete(points).where(points.c.ts < upper)).rowcount
-        return max(written, 0), max(deleted, 0)
+        """See `TelemetryRetention.compact`."""
+        return self._retention.compact(now)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
+from common.errors import InvalidArgument
 from common.telemetry import METRICS, Metric, validate_metric
 
 # Reasons counted in IngestResult.rejected.
@@ -39,3 +41,10 @@ def reject_reason(metric: Metric) -> str | None:
     ):
         return WRONG_LABELS
     return INVALID_METRIC
+
+
+def aware_utc(moment: datetime, what: str) -> datetime:
+    """A time argument, which must carry its time zone, in UTC."""
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise InvalidArgument(f"{what} must be a timezone-aware datetime")
+    return moment.astimezone(UTC)

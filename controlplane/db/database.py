@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlmodel import Session
@@ -113,3 +113,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def table_of(model: Any) -> Table:
+    """The Core table of a SQLModel table class (for bulk and dialect-specific statements)."""
+    table: Table = model.__table__
+    return table

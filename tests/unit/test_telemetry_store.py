@@ -18,8 +18,8 @@ from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from controlplane.db.database import Database
 from controlplane.db.models import MetricPoint, MetricRollup, TelemetrySampleRecord
 from controlplane.services import ControlPlaneServices
+from controlplane.telemetry_retention import CompactResult
 from controlplane.telemetry_store import (
-    CompactResult,
     Counters,
     Series,
     TelemetryStore,
