@@ -9,7 +9,6 @@ from typing import Any, Generic, Protocol, TypeVar
 START_TIMEOUT_S = 60.0
 
 PortsT = TypeVar("PortsT")
-PortsT_co = TypeVar("PortsT_co", covariant=True)
 
 
 class ListeningServer(Protocol[PortsT]):

@@ -25,6 +25,17 @@ from tests.controlplane_harness import (
 from tests.process_harness import LoggedProcess
 
 
+def agent_run(state_dir: Path, *enroll: str) -> list[str]:
+    """`outpost-agent run` on free ports; `enroll` adds the first-start flags."""
+    return [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(state_dir),
+            "--grpc-port", "0", "--http-port", "0", *enroll]  # fmt: skip
+
+
+def enroll_flags(control_plane: str, token: str, fingerprint: str) -> list[str]:
+    return ["--control-plane", control_plane, "--join-token", token,
+            "--ca-fingerprint", fingerprint]  # fmt: skip
+
+
 def outpost(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "controlplane.cli", *args],
@@ -83,24 +94,7 @@ def test_admin_enrolls_an_agent_with_the_commands(
     assert token.startswith("opj_")
 
     agent = LoggedProcess(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "--control-plane",
-            f"127.0.0.1:{grpc_port}",
-            "--join-token",
-            token,
-            "--ca-fingerprint",
-            fingerprint,
-            "--state-dir",
-            str(tmp_path / "agent"),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-        ]
+        agent_run(tmp_path / "agent", *enroll_flags(f"127.0.0.1:{grpc_port}", token, fingerprint))
     )
     try:
         agent.wait_for(r"enrolled as agent ([0-9a-f-]{36})")
@@ -123,20 +117,7 @@ def test_admin_enrolls_an_agent_with_the_commands(
         agent.stop()
 
     # A second start needs only the state directory.
-    again = LoggedProcess(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "--state-dir",
-            str(tmp_path / "agent"),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-        ]
-    )
+    again = LoggedProcess(agent_run(tmp_path / "agent"))
     try:
         again.wait_for(r"agent .* connected|desired state generation 1 received")
     finally:
@@ -149,25 +130,13 @@ def test_reused_token_stops_the_agent_with_a_clear_error(
     cp = control_plane
     fingerprint, grpc_port, env = cp.fingerprint, cp.grpc_port, cp.env
     token = outpost("tokens", "create", env=env).stdout.strip()
-    args = [
-        "--control-plane",
-        f"127.0.0.1:{grpc_port}",
-        "--join-token",
-        token,
-        "--ca-fingerprint",
-        fingerprint,
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-    ]
-    first = LoggedProcess(
-        [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(tmp_path / "a1"), *args]
-    )
+    address = f"127.0.0.1:{grpc_port}"
+    args = enroll_flags(address, token, fingerprint)
+    first = LoggedProcess(agent_run(tmp_path / "a1", *args))
     first.wait_for(r"enrolled as agent")
     first.stop()
     second = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(tmp_path / "a2"), *args],
+        agent_run(tmp_path / "a2", *args),
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,17 +145,7 @@ def test_reused_token_stops_the_agent_with_a_clear_error(
     assert second.returncode == 2
     assert "join token is used" in second.stderr
     wrong_pin = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "--state-dir",
-            str(tmp_path / "a3"),
-            *args[:5],
-            "0" * 64,
-            *args[6:],
-        ],
+        agent_run(tmp_path / "a3", *enroll_flags(address, token, "0" * 64)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -223,24 +182,10 @@ def test_agent_notices_a_frozen_control_plane_within_30_seconds(
 def test_control_plane_notices_a_frozen_agent_within_30_seconds(tmp_path: Path) -> None:
     with RunningControlPlane(controlplane_settings(tmp_path / "cp", None)) as cp:
         agent = LoggedProcess(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "--control-plane",
-                cp.enroll_address,
-                "--join-token",
-                cp.create_token(),
-                "--ca-fingerprint",
-                cp.fingerprint,
-                "--state-dir",
-                str(tmp_path / "agent"),
-                "--grpc-port",
-                "0",
-                "--http-port",
-                "0",
-            ]
+            agent_run(
+                tmp_path / "agent",
+                *enroll_flags(cp.enroll_address, cp.create_token(), cp.fingerprint),
+            )
         )
         try:
             agent_id = agent.wait_for(r"enrolled as agent ([0-9a-f-]{36})").group(1)
