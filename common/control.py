@@ -13,17 +13,25 @@ class ItemState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
 
 
 @dataclass(frozen=True)
 class ModelAssignment:
-    """One model an agent should serve, addressed by alias."""
+    """One model an agent should serve, addressed by alias: a registry model (`sha256` set;
+    the agent fetches and verifies it, `path` is empty) or a file on the agent (`path`)."""
 
     alias: str
-    path: str
+    path: str = ""
     context_length: int = 4096
     gpu_layers: int = 0
     queue_depth: int = 16
+    sha256: str = ""  # lowercase hex
+    size_bytes: int = 0
+    model_name: str = ""
+    model_version: str = ""
+    threads: int = 0  # 0: one per CPU core
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
     models: tuple[LocalModel, ...] = ()
     observed_generation: int = 0
+    peer_address: str = ""  # HOST:PORT of its ArtifactService for peers; empty: none
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,11 @@ class ItemStatus:
     name: str
     state: ItemState
     error: str = ""
+    sha256: str = ""  # the artifact the item is about (registry models)
+    bytes_done: int = 0  # downloading: verified bytes so far
+    bytes_total: int = 0
+    rate_bytes_per_s: float = 0.0
+    serving_sha256: str = ""  # the version served meanwhile (rollout, rollback)
 
 
 @dataclass(frozen=True)
@@ -82,3 +96,4 @@ class Enrollment:
     certificate_pem: bytes
     ca_certificate_pem: bytes
     mtls_port: int
+    bundle_public_key_pem: bytes = b""

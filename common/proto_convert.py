@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from common.artifacts import ArtifactManifest
 from common.control import (
     AgentStatus,
     DesiredState,
@@ -143,6 +144,8 @@ _ITEM_STATE_TO_PB = {
     ItemState.LOADING: cpb.ITEM_STATE_LOADING,
     ItemState.READY: cpb.ITEM_STATE_READY,
     ItemState.FAILED: cpb.ITEM_STATE_FAILED,
+    ItemState.DOWNLOADING: cpb.ITEM_STATE_DOWNLOADING,
+    ItemState.VERIFYING: cpb.ITEM_STATE_VERIFYING,
 }
 _ITEM_STATE_FROM_PB = {v: k for k, v in _ITEM_STATE_TO_PB.items()}
 
@@ -157,6 +160,11 @@ def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
                 context_length=m.context_length,
                 gpu_layers=m.gpu_layers,
                 queue_depth=m.queue_depth,
+                sha256=m.sha256,
+                size_bytes=m.size_bytes,
+                model_name=m.model_name,
+                model_version=m.model_version,
+                threads=m.threads,
             )
             for m in state.models
         ],
@@ -174,6 +182,11 @@ def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
                 context_length=m.context_length,
                 gpu_layers=m.gpu_layers,
                 queue_depth=m.queue_depth,
+                sha256=m.sha256,
+                size_bytes=m.size_bytes,
+                model_name=m.model_name,
+                model_version=m.model_version,
+                threads=m.threads,
             )
             for m in message.models
         ),
@@ -196,6 +209,7 @@ def hello_to_pb(hello: Hello) -> cpb.Hello:
         capabilities=list(hello.capabilities),
         models=[cpb.LocalModel(path=m.path, size_bytes=m.size_bytes) for m in hello.models],
         observed_generation=hello.observed_generation,
+        peer_address=hello.peer_address,
     )
 
 
@@ -214,6 +228,7 @@ def hello_from_pb(message: cpb.Hello) -> Hello:
         capabilities=tuple(message.capabilities),
         models=tuple(LocalModel(path=m.path, size_bytes=m.size_bytes) for m in message.models),
         observed_generation=message.observed_generation,
+        peer_address=message.peer_address,
     )
 
 
@@ -222,7 +237,15 @@ def status_to_pb(status: AgentStatus) -> cpb.Status:
         observed_generation=status.observed_generation,
         items=[
             cpb.ItemStatus(
-                kind=i.kind, name=i.name, state=_ITEM_STATE_TO_PB[i.state], error=i.error
+                kind=i.kind,
+                name=i.name,
+                state=_ITEM_STATE_TO_PB[i.state],
+                error=i.error,
+                sha256=i.sha256,
+                bytes_done=i.bytes_done,
+                bytes_total=i.bytes_total,
+                rate_bytes_per_s=i.rate_bytes_per_s,
+                serving_sha256=i.serving_sha256,
             )
             for i in status.items
         ],
@@ -236,7 +259,19 @@ def status_from_pb(message: cpb.Status) -> AgentStatus:
         state = _ITEM_STATE_FROM_PB.get(item.state)
         if state is None:
             raise InvalidArgument(f"status item {item.name!r} has no valid state")
-        items.append(ItemStatus(kind=item.kind, name=item.name, state=state, error=item.error))
+        items.append(
+            ItemStatus(
+                kind=item.kind,
+                name=item.name,
+                state=state,
+                error=item.error,
+                sha256=item.sha256,
+                bytes_done=item.bytes_done,
+                bytes_total=item.bytes_total,
+                rate_bytes_per_s=item.rate_bytes_per_s,
+                serving_sha256=item.serving_sha256,
+            )
+        )
     return AgentStatus(observed_generation=message.observed_generation, items=tuple(items))
 
 
@@ -246,6 +281,7 @@ def enrollment_to_pb(enrollment: Enrollment) -> cpb.EnrollResponse:
         certificate_pem=enrollment.certificate_pem,
         ca_certificate_pem=enrollment.ca_certificate_pem,
         mtls_port=enrollment.mtls_port,
+        bundle_public_key_pem=enrollment.bundle_public_key_pem,
     )
 
 
@@ -255,6 +291,29 @@ def enrollment_from_pb(message: cpb.EnrollResponse) -> Enrollment:
         certificate_pem=message.certificate_pem,
         ca_certificate_pem=message.ca_certificate_pem,
         mtls_port=message.mtls_port,
+        bundle_public_key_pem=message.bundle_public_key_pem,
+    )
+
+
+# --- artifacts --------------------------------------------------------------------------
+
+
+def manifest_to_pb(manifest: ArtifactManifest) -> cpb.ArtifactManifest:
+    return cpb.ArtifactManifest(
+        sha256=manifest.sha256,
+        size_bytes=manifest.size_bytes,
+        chunk_size=manifest.chunk_size,
+        chunk_sha256=list(manifest.chunk_sha256),
+    )
+
+
+def manifest_from_pb(message: cpb.ArtifactManifest) -> ArtifactManifest:
+    """Raises InvalidArgument when the manifest is inconsistent (chunk count, digests)."""
+    return ArtifactManifest(
+        sha256=message.sha256,
+        size_bytes=message.size_bytes,
+        chunk_size=message.chunk_size,
+        chunk_sha256=tuple(message.chunk_sha256),
     )
 
 

@@ -103,7 +103,7 @@ def _model(value: object, index: int) -> ModelAssignment:
         raise InvalidArgument(f"'{where}.path' must not contain control characters")
     if not path.startswith("/"):
         raise InvalidArgument(f"'{where}.path' must be an absolute path on the agent")
-    numbers = {
+    numbers: dict[str, Any] = {
         name: _integer(value[name], f"{where}.{name}", low, high)
         for name, (low, high) in _MODEL_INTS.items()
         if value.get(name) is not None

@@ -14,11 +14,63 @@ class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_STATE_LOADING: _ClassVar[ItemState]
     ITEM_STATE_READY: _ClassVar[ItemState]
     ITEM_STATE_FAILED: _ClassVar[ItemState]
+    ITEM_STATE_DOWNLOADING: _ClassVar[ItemState]
+    ITEM_STATE_VERIFYING: _ClassVar[ItemState]
 ITEM_STATE_UNSPECIFIED: ItemState
 ITEM_STATE_PENDING: ItemState
 ITEM_STATE_LOADING: ItemState
 ITEM_STATE_READY: ItemState
 ITEM_STATE_FAILED: ItemState
+ITEM_STATE_DOWNLOADING: ItemState
+ITEM_STATE_VERIFYING: ItemState
+
+class FindPeersRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class FindPeersResponse(_message.Message):
+    __slots__ = ("addresses",)
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ManifestRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class ArtifactManifest(_message.Message):
+    __slots__ = ("sha256", "size_bytes", "chunk_size", "chunk_sha256")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    chunk_size: int
+    chunk_sha256: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("sha256", "offset", "length")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    offset: int
+    length: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
     __slots__ = ("join_token", "csr_pem", "name")
@@ -31,16 +83,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("agent_id", "certificate_pem", "ca_certificate_pem", "mtls_port")
+    __slots__ = ("agent_id", "certificate_pem", "ca_certificate_pem", "mtls_port", "bundle_public_key_pem")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     MTLS_PORT_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     certificate_pem: bytes
     ca_certificate_pem: bytes
     mtls_port: int
-    def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., mtls_port: _Optional[int] = ...) -> None: ...
+    bundle_public_key_pem: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., mtls_port: _Optional[int] = ..., bundle_public_key_pem: _Optional[bytes] = ...) -> None: ...
 
 class DiscoverRequest(_message.Message):
     __slots__ = ()
@@ -148,34 +202,46 @@ class LocalModel(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "hardware", "capabilities", "models", "observed_generation")
+    __slots__ = ("agent_id", "version", "hardware", "capabilities", "models", "observed_generation", "peer_address")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     hardware: Hardware
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     models: _containers.RepeatedCompositeFieldContainer[LocalModel]
     observed_generation: int
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ...) -> None: ...
+    peer_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ..., peer_address: _Optional[str] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth")
+    __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth", "sha256", "size_bytes", "model_name", "model_version", "threads")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     alias: str
     path: str
     context_length: int
     gpu_layers: int
     queue_depth: int
-    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., context_length: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    sha256: str
+    size_bytes: int
+    model_name: str
+    model_version: str
+    threads: int
+    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., context_length: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class DesiredState(_message.Message):
     __slots__ = ("generation", "models", "labels")
@@ -195,16 +261,26 @@ class DesiredState(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ItemStatus(_message.Message):
-    __slots__ = ("kind", "name", "state", "error")
+    __slots__ = ("kind", "name", "state", "error", "sha256", "bytes_done", "bytes_total", "rate_bytes_per_s", "serving_sha256")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RATE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SERVING_SHA256_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     state: ItemState
     error: str
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    sha256: str
+    bytes_done: int
+    bytes_total: int
+    rate_bytes_per_s: float
+    serving_sha256: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., error: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., rate_bytes_per_s: _Optional[float] = ..., serving_sha256: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("observed_generation", "items")

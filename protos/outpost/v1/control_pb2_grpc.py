@@ -168,6 +168,11 @@ class ControlServiceStub(object):
                 request_serializer=outpost_dot_v1_dot_control__pb2.RenewRequest.SerializeToString,
                 response_deserializer=outpost_dot_v1_dot_control__pb2.RenewResponse.FromString,
                 _registered_method=True)
+        self.FindPeers = channel.unary_unary(
+                '/outpost.v1.ControlService/FindPeers',
+                request_serializer=outpost_dot_v1_dot_control__pb2.FindPeersRequest.SerializeToString,
+                response_deserializer=outpost_dot_v1_dot_control__pb2.FindPeersResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer(object):
@@ -189,6 +194,13 @@ class ControlServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindPeers(self, request, context):
+        """Agents of the caller's site that hold a verified copy of an artifact and serve peers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +213,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.RenewCertificate,
                     request_deserializer=outpost_dot_v1_dot_control__pb2.RenewRequest.FromString,
                     response_serializer=outpost_dot_v1_dot_control__pb2.RenewResponse.SerializeToString,
+            ),
+            'FindPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPeers,
+                    request_deserializer=outpost_dot_v1_dot_control__pb2.FindPeersRequest.FromString,
+                    response_serializer=outpost_dot_v1_dot_control__pb2.FindPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +275,156 @@ class ControlService(object):
             '/outpost.v1.ControlService/RenewCertificate',
             outpost_dot_v1_dot_control__pb2.RenewRequest.SerializeToString,
             outpost_dot_v1_dot_control__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outpost.v1.ControlService/FindPeers',
+            outpost_dot_v1_dot_control__pb2.FindPeersRequest.SerializeToString,
+            outpost_dot_v1_dot_control__pb2.FindPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ArtifactServiceStub(object):
+    """Content-addressed artifacts (model files) in verified chunks. Served by the control plane on
+    its mutual-TLS port, and by agents that serve their site's peers.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetManifest = channel.unary_unary(
+                '/outpost.v1.ArtifactService/GetManifest',
+                request_serializer=outpost_dot_v1_dot_control__pb2.ManifestRequest.SerializeToString,
+                response_deserializer=outpost_dot_v1_dot_control__pb2.ArtifactManifest.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_stream(
+                '/outpost.v1.ArtifactService/Fetch',
+                request_serializer=outpost_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+                response_deserializer=outpost_dot_v1_dot_control__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
+
+
+class ArtifactServiceServicer(object):
+    """Content-addressed artifacts (model files) in verified chunks. Served by the control plane on
+    its mutual-TLS port, and by agents that serve their site's peers.
+    """
+
+    def GetManifest(self, request, context):
+        """Size, chunk size and the sha256 of every chunk of one artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """The artifact's bytes from `offset`, in messages of at most 1 MiB, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ArtifactServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifest,
+                    request_deserializer=outpost_dot_v1_dot_control__pb2.ManifestRequest.FromString,
+                    response_serializer=outpost_dot_v1_dot_control__pb2.ArtifactManifest.SerializeToString,
+            ),
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=outpost_dot_v1_dot_control__pb2.FetchRequest.FromString,
+                    response_serializer=outpost_dot_v1_dot_control__pb2.ArtifactChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'outpost.v1.ArtifactService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('outpost.v1.ArtifactService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ArtifactService(object):
+    """Content-addressed artifacts (model files) in verified chunks. Served by the control plane on
+    its mutual-TLS port, and by agents that serve their site's peers.
+    """
+
+    @staticmethod
+    def GetManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outpost.v1.ArtifactService/GetManifest',
+            outpost_dot_v1_dot_control__pb2.ManifestRequest.SerializeToString,
+            outpost_dot_v1_dot_control__pb2.ArtifactManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/outpost.v1.ArtifactService/Fetch',
+            outpost_dot_v1_dot_control__pb2.FetchRequest.SerializeToString,
+            outpost_dot_v1_dot_control__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
