@@ -21,3 +21,11 @@ class ResourceExhausted(OutpostError):
 
 class Unavailable(OutpostError):
     """The service cannot answer now (models still loading, shutting down)."""
+
+
+class Conflict(OutpostError):
+    """The change clashes with existing state (e.g. deleting a model that is assigned)."""
+
+
+class InsufficientResources(OutpostError):
+    """The target cannot hold what was asked (memory, VRAM, disk); the message has the numbers."""

@@ -11,7 +11,17 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.response import Response
 from litestar.types import ExceptionHandlersMap
 
-from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
+from common.errors import (
+    Conflict as ConflictError,
+)
+from common.errors import (
+    InsufficientResources,
+    InvalidArgument,
+    NotFound,
+    OutpostError,
+    ResourceExhausted,
+    Unavailable,
+)
 from controlplane.fleet import AgentAlreadyExists, AgentRevoked
 
 log = logging.getLogger("outpost.controlplane.api")
@@ -54,6 +64,8 @@ _OUTPOST_ERRORS: dict[type[OutpostError], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     ResourceExhausted: (429, "resource_exhausted"),
     Unavailable: (503, "unavailable"),
+    ConflictError: (409, "conflict"),
+    InsufficientResources: (422, "insufficient_resources"),
 }
 
 _HTTP_CODES = {
@@ -65,6 +77,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
+    422: "insufficient_resources",
     429: "resource_exhausted",
     503: "unavailable",
 }
