@@ -45,14 +45,20 @@ class ModelPool:
         for slot in list(self._slots.values()):
             await self._load(slot)
 
-    async def _load(self, slot: _Slot) -> None:
+    async def _load(self, slot: _Slot, *, self_test: bool = False) -> None:
         path = slot.settings.path
         log.info("loading model %r from %s", slot.settings.alias, path)
-        slot.sha256 = await asyncio.to_thread(sha256_of, path)
+        slot.sha256 = slot.settings.sha256 or await asyncio.to_thread(sha256_of, path)
         try:
             backend = await asyncio.to_thread(self._factory, slot.settings)
         except Exception as exc:  # llama.cpp reports load failures as plain exceptions
             raise ModelFileError(f"model file {path} failed to load: {exc}") from exc
+        if self_test:
+            try:
+                await asyncio.to_thread(backend.self_test)
+            except Exception as exc:  # whatever the engine raised: the model is not usable
+                await asyncio.to_thread(backend.close)
+                raise ModelFileError(f"model file {path} failed its health prompt: {exc}") from exc
         slot.runner = ModelRunner(
             slot.settings.alias, backend, queue_depth=slot.settings.queue_depth
         )
@@ -61,38 +67,51 @@ class ModelPool:
     async def apply(self, models: Sequence[ModelSettings]) -> list[ItemStatus]:
         """Makes the pool serve exactly `models`; returns each model's outcome.
 
-        Unchanged models keep running; changed ones are loaded anew and swapped in; removed
-        ones stop taking requests at once and are closed after their running generation.
-        A model that fails to load is reported FAILED and not served; the others still are.
+        Unchanged models keep running. A changed one is loaded beside the running version,
+        must answer a health prompt, and only then replaces it (the old one is closed after
+        its running generation); if it fails, the old version keeps serving and the alias is
+        reported FAILED with the reason. Removed models stop taking requests at once.
         """
         wanted = {m.alias: m for m in models}
-        for alias in [a for a, slot in self._slots.items() if wanted.get(a) != slot.settings]:
+        for alias in [a for a in self._slots if a not in wanted]:
             await self._remove(alias)
         self._failed = {a: f for a, f in self._failed.items() if a in wanted}
         for alias, settings in wanted.items():
-            if alias in self._slots:
+            current = self._slots.get(alias)
+            if current is not None and current.settings == settings:
                 continue
             try:
                 slot = _Slot(settings, await asyncio.to_thread(inspect_model_file, settings.path))
-                await self._load(slot)
+                await self._load(slot, self_test=True)
             except ModelFileError as exc:
-                log.error("model %r not served: %s", alias, exc)
+                log.error("model %r not served from %s: %s", alias, settings.path, exc)
                 self._failed[alias] = ItemStatus("model", alias, ItemState.FAILED, str(exc))
                 continue
             self._slots[alias] = slot
             self._failed.pop(alias, None)
+            if current is not None and current.runner is not None:
+                log.info("model %r: replaced %s", alias, current.settings.path)
+                await asyncio.to_thread(current.runner.close)
         return self.item_statuses()
 
     def item_statuses(self) -> list[ItemStatus]:
+        """One item per alias: FAILED (the latest change failed; a previous version may still
+        serve), READY or LOADING."""
         statuses = [
-            ItemStatus(
+            self._failed.get(alias)
+            or ItemStatus(
                 "model",
                 alias,
                 ItemState.READY if slot.runner is not None else ItemState.LOADING,
             )
             for alias, slot in self._slots.items()
         ]
-        return statuses + list(self._failed.values())
+        return statuses + [f for a, f in self._failed.items() if a not in self._slots]
+
+    def served(self, alias: str) -> ModelSettings | None:
+        """The settings the alias is served with now (None: not served)."""
+        slot = self._slots.get(alias)
+        return slot.settings if slot is not None and slot.runner is not None else None
 
     async def _remove(self, alias: str) -> None:
         slot = self._slots.pop(alias)

@@ -28,6 +28,7 @@ class ModelSettings:
     threads: int = 0  # 0: one per CPU core
     batch_size: int = 512
     queue_depth: int = 16
+    sha256: str = ""  # known digest of a verified registry model: not hashed again at load
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ _PATH_FIELDS = {"state_dir"}
 _BOOL_FIELDS = {"insecure_control"}
 _MODEL_INT_FIELDS = {"context_length", "gpu_layers", "threads", "batch_size", "queue_depth"}
 _AGENT_KEYS = {f.name for f in fields(AgentSettings)} - {"models"}
-_MODEL_KEYS = {f.name for f in fields(ModelSettings)}
+_MODEL_KEYS = {f.name for f in fields(ModelSettings)} - {"sha256"}  # set by rollouts only
 
 
 def _as_int(value: object, where: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
+from common.artifacts import check_sha256
 from common.control import DesiredState, ModelAssignment
 from common.errors import InvalidArgument, NotFound
 from controlplane.audit import AuditLog, check_actor
@@ -86,7 +87,12 @@ def check_assignments(models: Sequence[ModelAssignment]) -> tuple[ModelAssignmen
             raise InvalidArgument(f"model alias {alias} appears more than once")
         seen.add(alias)
         path = model.path
-        if (
+        if model.sha256:
+            check_sha256(model.sha256, f"the sha256 of model {alias}")
+            if path:
+                raise InvalidArgument(f"model {alias} has both a sha256 and a path")
+            _int_in(model.size_bytes, 1, None, f"size_bytes of {alias}")
+        elif (
             not isinstance(path, str)
             or not 1 <= len(path) <= MAX_PATH_CHARS
             or not path.isprintable()
@@ -95,6 +101,7 @@ def check_assignments(models: Sequence[ModelAssignment]) -> tuple[ModelAssignmen
             raise InvalidArgument(
                 f"the path of model {alias} must be an absolute path of printable characters"
             )
+        _int_in(model.threads, 0, 1024, f"threads of {alias}")
         _int_in(model.context_length, *CONTEXT_LENGTH_RANGE, f"context_length of {alias}")
         _int_in(model.gpu_layers, -1, None, f"gpu_layers of {alias}")
         _int_in(model.queue_depth, *QUEUE_DEPTH_RANGE, f"queue_depth of {alias}")

@@ -66,6 +66,9 @@ class RecordingBackend:
                 self._log.record(event)
             yield event
 
+    def self_test(self) -> None:
+        self._inner.self_test()
+
     def close(self) -> None:
         self._inner.close()
 

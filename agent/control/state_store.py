@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from common.artifacts import check_sha256
 from common.control import DesiredState, ModelAssignment
+from common.errors import InvalidArgument
 from common.files import atomic_write, ensure_private_directory
 
 STATE_FILE = "desired-state.json"
@@ -29,16 +32,7 @@ class DesiredStateStore:
         document = {
             "version": FORMAT_VERSION,
             "generation": state.generation,
-            "models": [
-                {
-                    "alias": model.alias,
-                    "path": model.path,
-                    "context_length": model.context_length,
-                    "gpu_layers": model.gpu_layers,
-                    "queue_depth": model.queue_depth,
-                }
-                for model in state.models
-            ],
+            "models": [asdict(model) for model in state.models],
             "labels": dict(state.labels),
         }
         ensure_private_directory(self.state_dir)
@@ -77,10 +71,22 @@ def _integer(document: dict[str, Any], key: str, where: str, default: int | None
     return value
 
 
-def _string(document: dict[str, Any], key: str, where: str) -> str:
-    value = document.get(key)
+def _string(document: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = document.get(key, default)
     if not isinstance(value, str):
         raise _Invalid(f"{where}.{key} must be a string, not {value!r}")
+    return value
+
+
+def _sha256(model: dict[str, Any], where: str) -> str:
+    value = _string(model, "sha256", where, "")
+    if value:
+        try:
+            check_sha256(value)
+        except InvalidArgument:
+            raise _Invalid(f"{where}.sha256 must be 64 lowercase hex digits") from None
+    if not value and not model.get("path"):
+        raise _Invalid(f"{where} needs a path or a sha256")
     return value
 
 
@@ -103,10 +109,15 @@ def _parse(value: Any) -> DesiredState:
         models.append(
             ModelAssignment(
                 alias=_string(model, "alias", where),
-                path=_string(model, "path", where),
+                path=_string(model, "path", where, ""),
                 context_length=_integer(model, "context_length", where, defaults.context_length),
                 gpu_layers=_integer(model, "gpu_layers", where, defaults.gpu_layers),
                 queue_depth=_integer(model, "queue_depth", where, defaults.queue_depth),
+                sha256=_sha256(model, where),
+                size_bytes=_integer(model, "size_bytes", where, 0),
+                model_name=_string(model, "model_name", where, ""),
+                model_version=_string(model, "model_version", where, ""),
+                threads=_integer(model, "threads", where, 0),
             )
         )
     labels = _object(document.get("labels", {}), "state.labels")

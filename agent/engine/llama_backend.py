@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
+import numpy
 
 from agent.engine.chat_template import ChatTemplate
 from agent.engine.protocol import BackendDescription, ResolvedSampling
@@ -132,6 +133,17 @@ class LlamaCppBackend:
         if tail:
             yield TextDelta(tail)
         yield Finished(reason, Usage(len(prompt_tokens), produced))
+
+    def self_test(self) -> None:
+        """Evaluates a short prompt and checks its logits are finite: weights that load but
+        hold garbage (NaN scales) fail here instead of answering nonsense."""
+        tokens = self.tokenize("The capital of France is")
+        self._llama.reset()  # type: ignore[no-untyped-call]
+        self._llama.eval(tokens)
+        logits = self._llama.scores[self._llama.n_tokens - 1]
+        self._llama.reset()  # type: ignore[no-untyped-call]  # next one starts afresh
+        if not numpy.isfinite(logits).all():
+            raise RuntimeError("the model's logits on a test prompt are not finite (NaN or inf)")
 
     def close(self) -> None:
         self._llama.close()

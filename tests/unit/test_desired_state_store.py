@@ -18,6 +18,14 @@ STATE = DesiredState(
     models=(
         ModelAssignment(alias="smol", path="/models/smol.gguf"),
         ModelAssignment(
+            alias="registry",
+            sha256="ab" * 32,
+            size_bytes=98_362_432,
+            model_name="smollm2",
+            model_version="3",
+            threads=2,
+        ),
+        ModelAssignment(
             alias="big", path="/models/big.gguf", context_length=8192, gpu_layers=-1, queue_depth=4
         ),
     ),
@@ -122,7 +130,10 @@ _DELETE = object()
         ("models.0", "smol", r"models\[0\] must be a JSON object"),
         ("models.0.alias", 5, r"models\[0\]\.alias must be a string"),
         ("models.0.path", None, r"models\[0\]\.path must be a string"),
-        ("models.0.path", _DELETE, r"models\[0\]\.path must be a string"),
+        ("models.0.path", _DELETE, r"models\[0\] needs a path or a sha256"),
+        ("models.0.sha256", "ab" * 31, r"models\[0\]\.sha256 must be 64 lowercase hex digits"),
+        ("models.0.sha256", "AB" * 32, r"models\[0\]\.sha256 must be 64 lowercase hex digits"),
+        ("models.0.size_bytes", "9", r"models\[0\]\.size_bytes must be an integer"),
         ("models.0.context_length", "1024", r"models\[0\]\.context_length must be an integer"),
         ("models.0.gpu_layers", False, r"models\[0\]\.gpu_layers must be an integer"),
         ("models.0.queue_depth", [2], r"models\[0\]\.queue_depth must be an integer"),

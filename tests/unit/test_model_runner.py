@@ -104,6 +104,9 @@ class FakeBackend:
         self.finishes.put(finished)
         yield finished
 
+    def self_test(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 
