@@ -1,0 +1,1 @@
+"""The agent's content-addressed artifact store and its verified, resumable downloads."""
