@@ -27,6 +27,7 @@ from agent.settings import (
     resolve_threads,
     validate,
 )
+from common.bundle_format import BundleError
 from common.certificates import normalize_fingerprint
 from common.lifecycle import configure_logging, run_until_signalled
 
@@ -74,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-model", help="fetch, verify and print the demo model path")
     demo.add_argument("--cache-dir", type=Path, help="where to keep it")
+
+    bundle = commands.add_parser("bundle", help="signed offline bundles (air-gapped sites)")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    bundle_import = bundle_commands.add_parser("import", help="verify and install a bundle")
+    bundle_import.add_argument("file", type=Path, help="the bundle (outpost bundle create)")
+    bundle_import.add_argument("--state-dir", type=Path, required=True, help="the agent's state")
+    bundle_import.add_argument(
+        "--public-key", type=Path, help="PEM of the control plane's bundle key (first import)"
+    )
+    bundle_import.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -157,10 +168,35 @@ def _serve(settings: AgentSettings, companion: Companion | None = None) -> int:
     return 0
 
 
+def _import_bundle(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.bundle_import import import_bundle
+
+    try:
+        key = args.public_key.read_bytes() if args.public_key is not None else None
+    except OSError as exc:
+        raise BundleError(f"cannot read --public-key {args.public_key}: {exc.strerror}") from None
+    result = import_bundle(args.file, args.state_dir, public_key_pem=key)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"imported bundle sequence {result.sequence} ({result.created_at}, {result.created_by})")
+    for model in result.models:
+        print(f"  {model.alias}: {model.model_name}@{model.model_version} sha256:{model.sha256}")
+    if result.policy:
+        print("  policy installed")
+    for wheel in result.wheels:
+        print(f"  {wheel}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     environ = dict(os.environ)
     try:
+        if args.command == "bundle":
+            return _import_bundle(args)
         if args.command == "demo-model":
             cache_dir = args.cache_dir or default_cache_dir(environ)
             print(ensure_demo_model(cache_dir))
@@ -171,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, _managed_companion(settings, args.threads))
         return _serve(settings)
     except (
+        BundleError,
         SettingsError,
         ModelFileError,
         DemoModelError,
