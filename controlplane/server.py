@@ -88,6 +88,8 @@ class ControlPlaneServer:
             liveness_policy=LivenessPolicy(
                 grace=settings.liveness_grace, restart_grace=settings.liveness_restart_grace
             ),
+            model_store_dir=settings.data_dir / "models",
+            max_model_bytes=settings.max_model_bytes,
         )
         services.fleet.mark_all_disconnected()
         admin_key = services.api_keys.ensure_initial_admin()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from common.telemetry import Sample
 from controlplane.audit import AuditLog
@@ -14,6 +15,8 @@ from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
 from controlplane.fleet import Fleet
 from controlplane.liveness import Health, LivenessPolicy, assess_fleet
+from controlplane.model_registry import DEFAULT_MAX_MODEL_BYTES, ModelRegistry
+from controlplane.model_store import ModelStore
 from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
 
@@ -27,6 +30,7 @@ class ControlPlaneServices:
     desired: DesiredStates
     fleet: Fleet
     telemetry: TelemetryStore
+    models: ModelRegistry
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -39,10 +43,13 @@ class ControlPlaneServices:
         telemetry_raw_retention: timedelta = timedelta(days=1),
         telemetry_rollup_retention: timedelta = timedelta(days=30),
         liveness_policy: LivenessPolicy | None = None,
+        model_store_dir: Path | None = None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     ) -> ControlPlaneServices:
         """`clock` (timezone-aware UTC) is for tests that move time. Telemetry keeps raw
         points for `telemetry_raw_retention` and minute averages for
-        `telemetry_rollup_retention`."""
+        `telemetry_rollup_retention`. Model files are stored under `model_store_dir` (without
+        one, models can be listed but not imported), each at most `max_model_bytes`."""
         audit = AuditLog(db, clock=clock)
         desired = DesiredStates(db, audit, clock=clock)
         return cls(
@@ -56,6 +63,13 @@ class ControlPlaneServices:
                 db,
                 raw_retention=telemetry_raw_retention,
                 rollup_retention=telemetry_rollup_retention,
+                clock=clock,
+            ),
+            models=ModelRegistry(
+                db,
+                ModelStore(model_store_dir) if model_store_dir is not None else None,
+                audit,
+                max_bytes=max_model_bytes,
                 clock=clock,
             ),
             started_at=clock(),

@@ -23,6 +23,7 @@ class ControlPlaneSettings:
     hello_timeout_s: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    max_model_bytes: int = 256 * 1024**3  # the largest model file an import accepts
     log_level: str = "INFO"
     telemetry_raw_retention: timedelta = timedelta(days=1)
     telemetry_rollup_retention: timedelta = timedelta(days=30)

@@ -18,6 +18,7 @@ from controlplane.api.agents import agent_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
+from controlplane.api.models import model_routes
 from controlplane.api.sites import site_routes
 from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
@@ -72,6 +73,7 @@ def create_app(
         *audit_routes(services),
         *site_routes(services),
         *telemetry_routes(services),
+        *model_routes(services),
     ]
     api = Router(
         path=API_PREFIX,

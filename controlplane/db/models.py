@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Index, Integer, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -242,3 +252,51 @@ class TelemetryCounters(SQLModel, table=True):
     rejected: int = Field(default=0, sa_type=BigInteger)  # samples, metrics turned away for good
     dropped_by_agent: int = Field(default=0, sa_type=BigInteger)  # lost in the agent's buffer
     last_sample_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+# -- model registry -----------------------------------------------------------------------
+
+
+class RegisteredModel(SQLModel, table=True):
+    """One version of one model, stored once by content (sha256) in the control plane's store."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=ID_CHARS)
+    version: str = Field(max_length=ID_CHARS)
+    sha256: str = Field(max_length=64, index=True)  # lowercase hex
+    size_bytes: int = Field(sa_type=BigInteger)
+    chunk_size: int
+    chunk_sha256: list[str] = Field(default_factory=list, sa_type=JSON)
+    # What the GGUF header says: architecture, parameters, quantization, context_length,
+    # chat_template, license, block_count, head_count, head_count_kv, embedding_length, ...
+    gguf: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    created_by: str = Field(max_length=NAME_CHARS)
+
+
+class ModelAssignmentRecord(SQLModel, table=True):
+    """A registered model served under `alias` by an agent, every agent of a site, or every
+    agent whose labels match a selector."""
+
+    __tablename__ = "model_assignments"
+    __table_args__ = (
+        UniqueConstraint(
+            "target_kind", "target", "alias", name="uq_model_assignments_target_kind_target_alias"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    target_kind: str = Field(max_length=16)  # "agent", "site" or "selector"
+    # an agent id, a site name, or a selector in canonical form "k=v,k2=v2" (sorted keys)
+    target: str = Field(max_length=NAME_CHARS)
+    alias: str = Field(max_length=ID_CHARS)
+    context_length: int
+    gpu_layers: int
+    threads: int
+    queue_depth: int
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    created_by: str = Field(max_length=NAME_CHARS)
