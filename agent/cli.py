@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--join-token", help="single-use join token (first start)")
     run.add_argument("--ca-fingerprint", help="sha256 of the control plane's CA (first start)")
     run.add_argument(
+        "--peer-address",
+        help="HOST:PORT where the site's agents fetch models from this one (default: not served)",
+    )
+    run.add_argument(
+        "--download-rate-limit", type=int, help="bytes per second for model downloads (0: no limit)"
+    )
+    run.add_argument(
         "--insecure-control",
         action="store_const",
         const=True,
@@ -105,6 +112,8 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
             "join_token": args.join_token,
             "ca_fingerprint": args.ca_fingerprint,
             "insecure_control": args.insecure_control,
+            "peer_address": args.peer_address,
+            "download_rate_limit": args.download_rate_limit,
         }
     settings = apply_overrides(settings, overrides)
     if args.command == "run":
@@ -157,7 +166,12 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> Companio
     )
     defaults = ModelSettings(path=Path(), alias="model", threads=threads or 0)
     return ManagedAgent(
-        settings.state_dir, link, defaults, telemetry_interval_s=settings.telemetry_interval_s
+        settings.state_dir,
+        link,
+        defaults,
+        telemetry_interval_s=settings.telemetry_interval_s,
+        peer_address=settings.peer_address,
+        download_rate_limit=settings.download_rate_limit,
     )
 
 

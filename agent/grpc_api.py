@@ -81,6 +81,9 @@ async def _relay(
         await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
 
 
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
 class GrpcFrontEnd:
     """Owns the grpc.aio server, its port and the health status of the inference service."""
 
@@ -88,7 +91,8 @@ class GrpcFrontEnd:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
+                # Answers may be larger than requests: artifact chunks for peers are 1 MiB.
+                ("grpc.max_send_message_length", max(max_message_bytes, MAX_ANSWER_BYTES)),
             ]
         )
         servicer = InferenceServicer(inference)

@@ -8,15 +8,23 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+
+from agent.artifacts.blobs import StoreBlobs
+from agent.artifacts.download import Downloader
+from agent.artifacts.store import ArtifactStore
 from agent.control.client import ControlLink, ControlLinkSettings
 from agent.control.identity import IdentityStore
 from agent.control.state_store import DesiredStateError, DesiredStateStore
 from agent.inventory import build_hello, capabilities
 from agent.model_pool import ModelPool
+from agent.model_rollout import ModelRollout
+from agent.server import BoundPorts
 from agent.settings import ModelSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.uplink import TelemetryUplink
+from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
 
 log = logging.getLogger(__name__)
@@ -32,43 +40,79 @@ class ManagedAgent:
         model_defaults: ModelSettings,
         *,
         telemetry_interval_s: float = 5.0,
+        peer_address: str = "",
+        download_rate_limit: int = 0,
     ) -> None:
         self._identities = IdentityStore(state_dir)
-        self._desired = DesiredStateStore(state_dir)
+        self._desired_store = DesiredStateStore(state_dir)
+        self._link_settings = link
         self._defaults = model_defaults
         self._pool: ModelPool | None = None
         self._metrics: AgentMetrics | None = None
         self._apply_lock = asyncio.Lock()
         self._capabilities = capabilities()
         self._telemetry_interval_s = telemetry_interval_s
+        self._desired: DesiredState | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.telemetry = TelemetryBuffer(state_dir)
         self._uplink = TelemetryUplink(self.telemetry)
         self.link = ControlLink(
-            link, self._identities, self._desired, self.apply, self._hello, telemetry=self._uplink
+            link,
+            self._identities,
+            self._desired_store,
+            self.apply,
+            self._hello,
+            telemetry=self._uplink,
+        )
+        self.link.peer_address = peer_address
+        self.artifacts = ArtifactStore(state_dir / "artifacts")
+        self.rollout = ModelRollout(
+            state_dir,
+            self.artifacts,
+            Downloader(self.artifacts, rate_limit_bytes_per_s=download_rate_limit),
+            self.link.artifact_sources,
+            changed=self._artifact_ready,
+            report=self._publish_status,
         )
 
-    async def prepare(self, pool: ModelPool, metrics: AgentMetrics) -> None:
+    def register_services(self, server: grpc.aio.Server) -> None:
+        """Serves this agent's verified artifacts to its site's peers, when configured to."""
+        if self.link.peer_address:
+            add_artifact_service(server, ArtifactServicer(StoreBlobs(self.artifacts)))
+
+    async def prepare(self, pool: ModelPool, metrics: AgentMetrics, ports: BoundPorts) -> None:
         """Serves what the last desired state asked for before the control plane answers."""
+        host, _, port = self.link.peer_address.rpartition(":")
+        if port == "0":  # HOST:0 — the port the gRPC server bound
+            self.link.peer_address = f"{host}:{ports.grpc}"
         self._pool = pool
         self._metrics = metrics
         try:
-            stored = await asyncio.to_thread(self._desired.load)
+            stored = await asyncio.to_thread(self._desired_store.load)
         except DesiredStateError as exc:  # the control plane sends the state again
             log.error("ignoring the stored desired state: %s", exc)
             stored = None
         if stored is not None:
             log.info("applying the stored desired state (generation %d)", stored.generation)
-            status = await self.apply(stored)
-            self.link.observed_generation = status.observed_generation
+            self.link.publish_status(await self.apply(stored))
 
     async def run(self, stop: asyncio.Event) -> None:
         sampler = asyncio.create_task(self._sample(stop))
         try:
+            enrolled = await asyncio.to_thread(self._identities.load) is not None
+            if not self._link_settings.control_plane and not enrolled:
+                log.warning(
+                    "no control plane configured and not enrolled: serving the last desired "
+                    "state (from offline bundles) on its own"
+                )
+                await stop.wait()
+                return
             identity = await self.link.ensure_identity(stop)
             if identity is not None:
                 await self.link.run(identity, stop)
         finally:
             sampler.cancel()
+            self.rollout.close()
             self.telemetry.close()
 
     async def _sample(self, stop: asyncio.Event) -> None:
@@ -82,22 +126,41 @@ class ManagedAgent:
                 await asyncio.wait_for(stop.wait(), self._telemetry_interval_s)
 
     async def apply(self, desired: DesiredState) -> AgentStatus:
-        assert self._pool is not None, "prepare() runs first"
-        models = [
-            replace(
-                self._defaults,
-                alias=m.alias,
-                path=Path(m.path),
-                context_length=m.context_length or self._defaults.context_length,
-                gpu_layers=m.gpu_layers,
-                queue_depth=m.queue_depth,
-            )
-            for m in desired.models
-        ]
+        """Reconciles the pool to `desired`: path models as given; registry models once their
+        verified file is here, the previous version serving meanwhile and after a failure."""
+        pool = self._pool
+        assert pool is not None, "prepare() runs first"
         async with self._apply_lock:
-            items = await self._pool.apply(models)
+            self._desired = desired
+            for _ in range(2):  # a second pass falls back to the previous version
+                await pool.apply(self.rollout.plan(desired, self._defaults))
+                if not self.rollout.settle(desired, pool):
+                    break
+            await asyncio.to_thread(self.rollout.retain, desired)
+            return self._status(desired)
+
+    def _status(self, desired: DesiredState) -> AgentStatus:
+        assert self._pool is not None
+        registry = {m.alias for m in desired.models if m.sha256}
+        items = [i for i in self._pool.item_statuses() if i.name not in registry]
+        items += self.rollout.statuses(desired, self._pool)
         return AgentStatus(observed_generation=desired.generation, items=tuple(items))
+
+    def _publish_status(self) -> None:
+        if self._desired is not None and self._pool is not None:
+            self.link.publish_status(self._status(self._desired))
+
+    def _artifact_ready(self) -> None:
+        """A download finished: apply the desired state again to load it."""
+        task = asyncio.get_running_loop().create_task(self._reapply())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reapply(self) -> None:
+        if self._desired is not None:
+            self.link.publish_status(await self.apply(self._desired))
 
     def _hello(self, agent_id: str, observed_generation: int) -> Hello:
         paths = self._pool.model_paths() if self._pool else []
-        return build_hello(agent_id, observed_generation, paths, self._capabilities)
+        hello = build_hello(agent_id, observed_generation, paths, self._capabilities)
+        return replace(hello, peer_address=self.link.peer_address)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import grpc
+
 from agent.grpc_api import GrpcFrontEnd
 from agent.http_api import create_app
 from agent.inference import Inference
@@ -38,12 +40,16 @@ def _disk_paths(settings: AgentSettings) -> list[Path]:
 class Companion(Protocol):
     """Work that runs with the servers, e.g. the control-plane link of a managed agent."""
 
-    async def prepare(self, pool: ModelPool, metrics: AgentMetrics) -> None:
+    async def prepare(self, pool: ModelPool, metrics: AgentMetrics, ports: BoundPorts) -> None:
         """Runs after the configured models are loaded and before health turns SERVING."""
         ...
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs while the agent serves, until `stop` is set; an error stops the agent."""
+        ...
+
+    def register_services(self, server: grpc.aio.Server) -> None:
+        """Adds gRPC services of its own to the agent's server before it starts."""
         ...
 
 
@@ -81,6 +87,8 @@ class AgentServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         grpc_front = GrpcFrontEnd(self.inference, max_message_bytes=settings.max_request_bytes)
+        if self._companion is not None:
+            self._companion.register_services(grpc_front.server)
         http_socket = bind_listener(settings.host, settings.http_port)
         http_server = embedded_server(
             create_app(
@@ -99,7 +107,7 @@ class AgentServer:
             log.info("HTTP listening on http://%s:%d", settings.host, ports.http)
             if on_listening is not None:
                 on_listening.set_result(ports)
-            load_task = asyncio.create_task(self._lifecycle(grpc_front, self._stop))
+            load_task = asyncio.create_task(self._lifecycle(grpc_front, self._stop, ports))
             stop_task = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait(
                 {load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED
@@ -118,10 +126,12 @@ class AgentServer:
             http_socket.close()
             await asyncio.to_thread(self.pool.close)
 
-    async def _lifecycle(self, grpc_front: GrpcFrontEnd, stop: asyncio.Event) -> None:
+    async def _lifecycle(
+        self, grpc_front: GrpcFrontEnd, stop: asyncio.Event, ports: BoundPorts
+    ) -> None:
         await self.pool.load_all()
         if self._companion is not None:
-            await self._companion.prepare(self.pool, self.metrics)
+            await self._companion.prepare(self.pool, self.metrics, ports)
         await grpc_front.set_serving(True)
         log.info("models loaded; serving")
         if self._companion is not None:

@@ -50,10 +50,15 @@ class AgentSettings:
     ca_fingerprint: str = ""
     insecure_control: bool = False
     telemetry_interval_s: int = 5  # managed mode: how often a health sample is taken
+    # Managed mode: HOST:PORT where the site's other agents reach this one's gRPC port to
+    # fetch verified models from it (empty: it does not serve peers).
+    peer_address: str = ""
+    download_rate_limit: int = 0  # bytes per second for model downloads; 0: unlimited
 
 
 _INT_FIELDS = {
     "telemetry_interval_s",
+    "download_rate_limit",
     "grpc_port",
     "http_port",
     "max_tokens_limit",
@@ -176,6 +181,15 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
         raise SettingsError("default_max_tokens must be between 1 and max_tokens_limit")
     if not 1 <= settings.telemetry_interval_s <= 3600:
         raise SettingsError("telemetry_interval_s must be between 1 and 3600")
+    if settings.download_rate_limit < 0:
+        raise SettingsError("download_rate_limit must not be negative (0: unlimited)")
+    if settings.peer_address:
+        host, _, port = settings.peer_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise SettingsError(
+                f"peer_address must be HOST:PORT (PORT 0: the gRPC port), "
+                f"got {settings.peer_address!r}"
+            )
     if settings.max_stop_sequences < 0:
         raise SettingsError("max_stop_sequences must not be negative")
     if settings.log_level.upper() not in LOG_LEVELS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -13,8 +12,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from controlplane.bundle_cli import add_bundle_commands, run_bundle_command
+from controlplane.cli_client import (
+    ApiFailure,
+    Client,
+    UsageError,
+    clean,
+    label_pair,
+    labels_text,
+    print_json,
+    segment,
+    table,
+)
+from controlplane.model_cli import add_model_commands, run_model_command
 from controlplane.settings import ControlPlaneSettings
 
 DEFAULT_URL = "http://127.0.0.1:8700"
@@ -25,27 +35,12 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _MODEL_OPTION = re.compile(rf"({'|'.join(MODEL_OPTIONS)})=(-?\d+)")
 
 
-class UsageError(Exception):
-    """Bad command-line input found after argparse: exit status 2."""
-
-
-class ApiFailure(Exception):
-    """The control plane answered with an error, or could not be reached: exit status 1."""
-
-
 def duration(text: str) -> timedelta:
     """`24h`, `90m`, `3600s`, `2d` or plain seconds."""
     match = _DURATION.fullmatch(text.strip().lower())
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 24h, 90m, 3600s")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def label_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"invalid label {text!r}: use key=value")
-    return key, value
 
 
 def label_change(text: str) -> tuple[str, str | None]:
@@ -162,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model to run; repeatable; the list replaces the current one",
     )
     assign.add_argument("--clear", action="store_true", help="run no models")
+    add_model_commands(commands, common)
+    add_bundle_commands(commands)
     return parser
 
 
@@ -185,70 +182,6 @@ def build_settings(args: argparse.Namespace) -> ControlPlaneSettings:
     return settings
 
 
-class Client:
-    """A thin REST client: JSON in and out, errors as ApiFailure with the server's message."""
-
-    def __init__(self, url: str, api_key: str, timeout_s: float = 15.0) -> None:
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            timeout=timeout_s,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def call(self, method: str, path: str, body: object = None, **params: str | None) -> Any:
-        try:
-            response = self._http.request(
-                method,
-                f"{self.url}/api/v1{path}",
-                json=body,
-                params={k: v for k, v in params.items() if v is not None} or None,
-            )
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ApiFailure(f"cannot reach the control plane at {self.url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise ApiFailure(_error_message(response))
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise ApiFailure(f"{self.url} did not answer with JSON: is it Outpost?") from None
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = None
-    if isinstance(message, str) and message:
-        return message
-    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
-
-
-def _clean(value: object) -> str:
-    """One table cell: no control characters reach the terminal."""
-    text = value if isinstance(value, str) else "" if value is None else str(value)
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _labels_text(labels: Mapping[str, str] | None) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "-"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[_clean(c) or "-" for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _print_json(document: object) -> None:
-    print(json.dumps(document, indent=2))
-
-
 def _tokens(client: Client, args: argparse.Namespace) -> None:
     if args.action == "create":
         body: dict[str, Any] = {"labels": dict(args.label)}
@@ -258,7 +191,7 @@ def _tokens(client: Client, args: argparse.Namespace) -> None:
             body["ttl_seconds"] = int(args.ttl.total_seconds())
         token = client.call("POST", "/tokens", body)
         if args.json:
-            _print_json(token)
+            print_json(token)
             return
         print(token["token"])
         print(
@@ -270,55 +203,43 @@ def _tokens(client: Client, args: argparse.Namespace) -> None:
         include_used = "true" if args.all else None
         tokens = client.call("GET", "/tokens", include_used=include_used)["tokens"]
         if args.json:
-            _print_json(tokens)
+            print_json(tokens)
             return
-        _table(
+        table(
             ("ID", "SITE", "LABELS", "CREATED", "EXPIRES", "USED BY"),
             [
                 [
-                    *(t["id"], t["site"], _labels_text(t["labels"])),
+                    *(t["id"], t["site"], labels_text(t["labels"])),
                     *(t["created_at"], t["expires_at"], t["used_by_agent_id"]),
                 ]
                 for t in tokens
             ],
         )
     else:
-        client.call("DELETE", f"/tokens/{_segment(args.token_id)}")
+        client.call("DELETE", f"/tokens/{segment(args.token_id)}")
         if not args.json:
             print(f"revoked join token {args.token_id}")
 
 
-def _segment(value: str) -> str:
-    """One URL path segment: an id must not walk to another route."""
-    if (
-        not value
-        or value in (".", "..")
-        or any(c in value for c in "/?#%\\")
-        or not value.isprintable()
-    ):
-        raise UsageError(f"invalid id {value!r}")
-    return value
-
-
 def _show_agent(agent: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
     for key in ("id", "name", "site", "state", "version", "enrolled_at", "last_seen_at"):
-        print(f"{key + ':':<20}{_clean(agent.get(key)) or '-'}")
+        print(f"{key + ':':<20}{clean(agent.get(key)) or '-'}")
     if agent.get("revoked_at"):
-        print(f"{'revoked_at:':<20}{_clean(agent['revoked_at'])}")
-    print(f"{'labels:':<20}{_clean(_labels_text(agent.get('labels')))}")
+        print(f"{'revoked_at:':<20}{clean(agent['revoked_at'])}")
+    print(f"{'labels:':<20}{clean(labels_text(agent.get('labels')))}")
     generations = f"{agent.get('observed_generation')} / {agent.get('desired_generation')}"
     print(f"{'generation:':<20}{generations} (observed / desired)")
     print("desired models:")
     for model in desired.get("models", []):
         options = ", ".join(f"{k}={model[k]}" for k in MODEL_OPTIONS if k in model)
-        print(f"  {_clean(model['alias'])} = {_clean(model['path'])} ({options})")
+        print(f"  {clean(model['alias'])} = {clean(model['path'])} ({options})")
     if agent.get("status"):
         print("status:")
         for item in agent["status"]:
             error = f": {item['error']}" if item.get("error") else ""
             print(
-                f"  {_clean(item['kind'])} {_clean(item['name'])} {_clean(item['state'])}"
-                f"{_clean(error)}"
+                f"  {clean(item['kind'])} {clean(item['name'])} {clean(item['state'])}"
+                f"{clean(error)}"
             )
 
 
@@ -326,31 +247,31 @@ def _agents(client: Client, args: argparse.Namespace) -> None:
     if args.action == "list":
         agents = client.call("GET", "/agents", site=args.site)["agents"]
         if args.json:
-            _print_json(agents)
+            print_json(agents)
             return
-        _table(
+        table(
             ("ID", "NAME", "SITE", "LABELS", "STATE", "GENERATION"),
             [
                 [
-                    *(a["id"], a["name"], a["site"], _labels_text(a["labels"]), a["state"]),
+                    *(a["id"], a["name"], a["site"], labels_text(a["labels"]), a["state"]),
                     f"{a['observed_generation']}/{a['desired_generation']}",
                 ]
                 for a in agents
             ],
         )
         return
-    agent_path = f"/agents/{_segment(args.agent_id)}"
+    agent_path = f"/agents/{segment(args.agent_id)}"
     if args.action == "show":
         agent = client.call("GET", agent_path)
         desired = client.call("GET", f"{agent_path}/desired-state")
         if args.json:
-            _print_json({**agent, "desired_state": desired})
+            print_json({**agent, "desired_state": desired})
         else:
             _show_agent(agent, desired)
     elif args.action == "revoke":
         agent = client.call("POST", f"{agent_path}/revoke")
         if args.json:
-            _print_json(agent)
+            print_json(agent)
         else:
             print(f"revoked agent {args.agent_id}")
     elif args.action == "label":
@@ -364,20 +285,20 @@ def _agents(client: Client, args: argparse.Namespace) -> None:
                 labels[key] = value
         agent = client.call("PUT", f"{agent_path}/labels", {"labels": labels})
         if args.json:
-            _print_json(agent)
+            print_json(agent)
         else:
-            print(f"agent {args.agent_id}: labels {_clean(_labels_text(agent['labels']))}")
+            print(f"agent {args.agent_id}: labels {clean(labels_text(agent['labels']))}")
     else:
         if bool(args.model) == bool(args.clear):
             raise UsageError("agents assign: give --model (repeatable) or --clear")
         desired = client.call("PUT", f"{agent_path}/desired-state/models", {"models": args.model})
         if args.json:
-            _print_json(desired)
+            print_json(desired)
         else:
             aliases = ", ".join(m["alias"] for m in desired["models"]) or "none"
             print(
                 f"agent {args.agent_id}: desired generation {desired['generation']}, "
-                f"models: {_clean(aliases)}"
+                f"models: {clean(aliases)}"
             )
 
 
@@ -392,7 +313,10 @@ def _run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise UsageError("the API key must be printable ASCII")
     client = Client(url, api_key)
     try:
-        (_tokens if args.command == "tokens" else _agents)(client, args)
+        if args.command in ("models", "rollout"):
+            run_model_command(client, args)
+        else:
+            (_tokens if args.command == "tokens" else _agents)(client, args)
     except (KeyError, TypeError, IndexError) as exc:
         raise ApiFailure(f"unexpected answer from {client.url}: missing {exc}") from exc
     finally:
@@ -407,6 +331,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SystemExit as exc:  # argparse printed usage (status 2) or help (status 0)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        if args.command == "bundle":  # works on the data directory: no server needed
+            return run_bundle_command(args)
         if args.command == "serve":
             from controlplane.server import serve  # grpc, pki, database: only for serving
 
@@ -416,7 +342,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"outpost: error: {exc}", file=sys.stderr)
         return 2
     except ApiFailure as exc:  # the message may come from the server: no control characters
-        print(f"outpost: error: {_clean(str(exc))}", file=sys.stderr)
+        print(f"outpost: error: {clean(str(exc))}", file=sys.stderr)
         return 1
 
 

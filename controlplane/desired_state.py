@@ -120,6 +120,8 @@ def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
 
 # Called once per committed transaction with the new state of every agent it changed.
 Listener = Callable[[Mapping[str, DesiredState]], None]
+# The registry models an agent should serve now, read in the caller's session.
+RegistryResolver = Callable[[Session, str], Sequence[ModelAssignment]]
 
 
 class DesiredStates:
@@ -142,6 +144,34 @@ class DesiredStates:
         self._clock = clock
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
+        self._resolver: RegistryResolver | None = None
+
+    def set_registry_resolver(self, resolver: RegistryResolver) -> None:
+        """Registry models follow an agent's labels: label changes re-resolve them."""
+        self._resolver = resolver
+
+    def refresh_registry_models(
+        self, session: Session, agent_id: str, *, actor: str
+    ) -> DesiredState | None:
+        """Writes a new generation when the agent's registry models changed (its path models
+        are kept); None when nothing changed. Registry models never displace a path model."""
+        if self._resolver is None:
+            return None
+        current = self._current(session, agent_id)
+        models = self._with_registry(session, agent_id, current.models)
+        if models == current.models:
+            return None
+        return self.set_models(session, agent_id, models, actor=actor)
+
+    def _with_registry(
+        self, session: Session, agent_id: str, models: Sequence[ModelAssignment]
+    ) -> tuple[ModelAssignment, ...]:
+        local = [m for m in models if not m.sha256]
+        if self._resolver is None:
+            return tuple(models)
+        taken = {m.alias for m in local}
+        resolved = [m for m in self._resolver(session, agent_id) if m.alias not in taken]
+        return tuple(local + resolved)
 
     def add_listener(self, callback: Listener) -> None:
         with self._lock:
@@ -201,6 +231,9 @@ class DesiredStates:
         previous = self._current(session, agent_id)
         generation = max(previous.generation, agent.desired_generation) + 1
         new_models = models if models is not None else previous.models
+        if labels is not None:  # selectors may match differently now
+            session.flush()  # the caller's change to the agent's labels, for the resolver
+            new_models = self._with_registry(session, agent_id, new_models)
         new_labels = labels if labels is not None else dict(previous.labels)
         spec = _spec(new_models, new_labels)
         session.add(

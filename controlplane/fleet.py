@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -23,6 +25,7 @@ from controlplane.tokens import TokenGrant
 MAX_GENERATION = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
 MAX_STATUS_ITEMS = 1024
 MAX_ERROR_CHARS = 2000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class AgentAlreadyExists(OutpostError):
@@ -49,6 +52,24 @@ class IssuedCertificateLike(Protocol):
 def _text(value: str, limit: int) -> str:
     """Agent-reported text as stored: no NUL (PostgreSQL refuses it), at most `limit` chars."""
     return value.replace("\x00", "\N{REPLACEMENT CHARACTER}")[:limit]
+
+
+def _sha256_or_empty(value: str) -> str:
+    return value if _HEX64.fullmatch(value) else ""
+
+
+def _count(value: int) -> int:
+    return min(max(int(value), 0), 2**63 - 1)
+
+
+def _rate(value: float) -> float:
+    return value if math.isfinite(value) and 0 <= value < 1e15 else 0.0
+
+
+def _peer_address(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    valid = bool(host) and port.isdigit() and 0 < int(port) < 65536
+    return value if valid and len(value) <= NAME_CHARS and value.isprintable() else ""
 
 
 def _generation(value: int) -> int:
@@ -118,6 +139,8 @@ class Fleet:
         actor = f"token:{grant.token_id}"
         if grant.labels:  # the agent learns its labels through its desired state
             self._desired.set_labels(session, agent_id, grant.labels, actor=actor)
+        else:  # models assigned to its site reach it from the start
+            self._desired.refresh_registry_models(session, agent_id, actor=actor)
         self._audit.record(
             session,
             actor=actor,
@@ -241,6 +264,7 @@ class Fleet:
                 for k, v in asdict(hello.hardware).items()
             }
             agent.observed_generation = observed
+            agent.peer_address = _peer_address(hello.peer_address)
             agent.last_seen_at = self._clock()
             session.add(agent)
         return agent
@@ -254,6 +278,11 @@ class Fleet:
                 "name": _text(item.name, NAME_CHARS),
                 "state": _text(str(item.state), 32),
                 "error": _text(item.error, MAX_ERROR_CHARS),
+                "sha256": _sha256_or_empty(item.sha256),
+                "bytes_done": _count(item.bytes_done),
+                "bytes_total": _count(item.bytes_total),
+                "rate_bytes_per_s": _rate(item.rate_bytes_per_s),
+                "serving_sha256": _sha256_or_empty(item.serving_sha256),
             }
             for item in status.items[:MAX_STATUS_ITEMS]
         ]
@@ -266,6 +295,34 @@ class Fleet:
                 agent.observed_generation = observed
                 agent.status_items = items
             session.add(agent)
+
+    def peers_holding(self, agent_id: str, sha256: str) -> builtins.list[str]:
+        """Peer addresses of the other connected agents of `agent_id`'s site that report the
+        artifact ready or serving, most recently seen first."""
+        with self._db.session() as session:
+            agent = self._live_agent(session, agent_id)
+            if not agent.site:
+                return []
+            peers = session.exec(
+                select(Agent)
+                .where(
+                    col(Agent.site) == agent.site,
+                    col(Agent.id) != agent_id,
+                    col(Agent.revoked_at).is_(None),
+                    col(Agent.state) == AgentState.CONNECTED.value,
+                    col(Agent.peer_address) != "",
+                )
+                .order_by(col(Agent.last_seen_at).desc())
+            ).all()
+            return [
+                peer.peer_address
+                for peer in peers
+                if any(
+                    (item.get("sha256") == sha256 and item.get("state") == "ready")
+                    or item.get("serving_sha256") == sha256
+                    for item in peer.status_items or []
+                )
+            ]
 
     def mark_disconnected(self, agent_id: str) -> None:
         """A connected agent's stream ended; unknown and revoked agents are left as they are."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from common.artifact_servicer import add_artifact_service
 from common.embedded_http import bind_listener, embedded_server
 from common.lifecycle import (
     collect_garbage_less_often,
@@ -17,7 +18,10 @@ from common.lifecycle import (
     run_until_signalled,
 )
 from controlplane.api.app import create_app
+from controlplane.bundle_signing import BundleSigner, signing_directory
 from controlplane.db.database import Database
+from controlplane.grpc.agent_auth import AgentAuthenticator
+from controlplane.grpc.artifacts import registry_artifacts
 from controlplane.grpc.control import ControlServicer
 from controlplane.grpc.enrollment import EnrollmentServicer
 from controlplane.grpc.hub import Hub
@@ -106,6 +110,10 @@ class ControlPlaneServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         ca, services = await asyncio.to_thread(self._prepare)
+        signer = await asyncio.to_thread(
+            BundleSigner.load_or_create, signing_directory(settings.data_dir)
+        )
+        bundle_key = signer.public_key_pem
         self.ca, self.services = ca, services
         hub = Hub(self._loop)
         services.desired.add_listener(hub.notify_changed)
@@ -118,6 +126,9 @@ class ControlPlaneServer:
         public_server = grpc.aio.server(options=options)
         cpb_grpc.add_ControlServiceServicer_to_server(  # type: ignore[no-untyped-call]
             ControlServicer(services, ca, hub, settings), mtls_server
+        )
+        add_artifact_service(
+            mtls_server, registry_artifacts(services, AgentAuthenticator(services, ca, settings))
         )
         if settings.insecure:
             log.warning(
@@ -134,7 +145,8 @@ class ControlPlaneServer:
                 f"{settings.host}:{settings.mtls_port}", mtls_credentials
             )
         cpb_grpc.add_EnrollmentServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            EnrollmentServicer(services, ca, settings, mtls_port), public_server
+            EnrollmentServicer(services, ca, settings, mtls_port, bundle_public_key_pem=bundle_key),
+            public_server,
         )
         if settings.insecure:
             grpc_port = public_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

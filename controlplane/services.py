@@ -15,6 +15,7 @@ from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
 from controlplane.fleet import Fleet
 from controlplane.liveness import Health, LivenessPolicy, assess_fleet
+from controlplane.model_assignments import ModelAssignments
 from controlplane.model_registry import DEFAULT_MAX_MODEL_BYTES, ModelRegistry
 from controlplane.model_store import ModelStore
 from controlplane.telemetry_store import TelemetryStore
@@ -31,6 +32,7 @@ class ControlPlaneServices:
     fleet: Fleet
     telemetry: TelemetryStore
     models: ModelRegistry
+    assignments: ModelAssignments
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -52,6 +54,19 @@ class ControlPlaneServices:
         one, models can be listed but not imported), each at most `max_model_bytes`."""
         audit = AuditLog(db, clock=clock)
         desired = DesiredStates(db, audit, clock=clock)
+        telemetry = TelemetryStore(
+            db,
+            raw_retention=telemetry_raw_retention,
+            rollup_retention=telemetry_rollup_retention,
+            clock=clock,
+        )
+        models = ModelRegistry(
+            db,
+            ModelStore(model_store_dir) if model_store_dir is not None else None,
+            audit,
+            max_bytes=max_model_bytes,
+            clock=clock,
+        )
         return cls(
             db=db,
             audit=audit,
@@ -59,19 +74,10 @@ class ControlPlaneServices:
             tokens=JoinTokens(db, audit, clock=clock),
             desired=desired,
             fleet=Fleet(db, audit, desired, clock=clock),
-            telemetry=TelemetryStore(
-                db,
-                raw_retention=telemetry_raw_retention,
-                rollup_retention=telemetry_rollup_retention,
-                clock=clock,
-            ),
-            models=ModelRegistry(
-                db,
-                ModelStore(model_store_dir) if model_store_dir is not None else None,
-                audit,
-                max_bytes=max_model_bytes,
-                clock=clock,
-            ),
+            telemetry=telemetry,
+            models=models,
+            # Registers itself with `desired`: label changes re-resolve registry models.
+            assignments=ModelAssignments(db, models, desired, audit, telemetry.latest, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

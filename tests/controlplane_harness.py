@@ -111,7 +111,9 @@ def managed_agent(
     join_token: str = "",
     fingerprint: str = "",
     telemetry_interval_s: float = 5.0,
+    **options: Any,
 ) -> tuple[RunningAgent, ObservedManagedAgent]:
+    """`options` go to ManagedAgent (peer_address, download_rate_limit)."""
     link = ControlLinkSettings(
         control_plane=control_plane, join_token=join_token, ca_fingerprint=fingerprint
     )
@@ -120,6 +122,7 @@ def managed_agent(
         link,
         ModelSettings(path=Path(), alias="model", threads=2),
         telemetry_interval_s=telemetry_interval_s,
+        **options,
     )
     settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
     return RunningAgent(settings, llama_factory(), companion), companion

@@ -7,12 +7,15 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
+from agent.artifacts.download import ChunkSource
+from agent.artifacts.grpc_source import GrpcChunkSource
+from agent.bundle_import import PINNED_KEY_FILE, pin_public_key
 from agent.control.backoff import Backoff
 from agent.control.identity import (
     IdentityStore,
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 INSECURE_AGENT_HEADER = "x-outpost-agent-id"
 RPC_TIMEOUT_S = 30.0
+MAX_PEERS = 8
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Pings every 10 s with a 10 s timeout: a dead stream is noticed within 30 s.
 CHANNEL_OPTIONS = [
@@ -111,6 +115,60 @@ class ControlLink:
         self._telemetry = telemetry
         self.observed_generation = 0
         self.connected = asyncio.Event()
+        self.peer_address = ""  # this agent's own ArtifactService for peers, if it serves one
+        self._status: AgentStatus | None = None
+        self._status_changed = asyncio.Event()
+        self._session_target: tuple[StoredIdentity, int] | None = None  # identity, mTLS port
+
+    def publish_status(self, status: AgentStatus) -> None:
+        """Sends `status` to the control plane now, or as soon as the stream is up (only the
+        latest status is kept). Event loop thread only."""
+        self._status = status
+        self.observed_generation = status.observed_generation
+        self._status_changed.set()
+
+    @contextlib.asynccontextmanager
+    async def artifact_sources(self, sha256: str) -> AsyncIterator[list[ChunkSource]]:
+        """Where to fetch an artifact: the site's peers that hold it, then the control plane.
+        Empty until the agent has reached the control plane once in this process."""
+        if self._session_target is None:
+            yield []
+            return
+        identity, port = self._session_target
+        control = self._channel(identity, port)
+        peer_channels: list[tuple[str, grpc.aio.Channel]] = []
+        try:
+            for address in await self._find_peers(control, identity, sha256):
+                if address != self.peer_address:
+                    peer_channels.append(
+                        (address, grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+                    )
+            sources: list[ChunkSource] = [
+                GrpcChunkSource(channel, f"peer {address}") for address, channel in peer_channels
+            ]
+            sources.append(
+                GrpcChunkSource(control, "control plane", metadata=self._metadata(identity))
+            )
+            yield sources
+        finally:
+            for _, channel in peer_channels:
+                await channel.close()
+            await control.close()
+
+    async def _find_peers(
+        self, channel: grpc.aio.Channel, identity: StoredIdentity, sha256: str
+    ) -> list[str]:
+        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.FindPeers(
+                cpb.FindPeersRequest(sha256=sha256),
+                timeout=RPC_TIMEOUT_S,
+                metadata=self._metadata(identity),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.info("no peers for %s: %s", sha256[:12], _describe(exc))
+            return []
+        return [a for a in response.addresses if _is_address(a)][:MAX_PEERS]
 
     # -- enrollment -----------------------------------------------------------------------
 
@@ -128,7 +186,7 @@ class ControlLink:
             )
         while not stop.is_set():
             try:
-                identity = await self._enroll()
+                enrolled, bundle_key = await self._enroll()
             except (OSError, grpc.aio.AioRpcError) as exc:
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -141,12 +199,16 @@ class ControlLink:
                 await _wait(stop, delay)
                 continue
             self._backoff.reset()
-            await asyncio.to_thread(self._identities.save, identity)
-            log.info("enrolled as agent %s", identity.agent_id)
-            return identity
+            await asyncio.to_thread(self._identities.save, enrolled)
+            if bundle_key and not (self._identities.state_dir / PINNED_KEY_FILE).exists():
+                # Offline bundles from this control plane verify against it from now on.
+                await asyncio.to_thread(pin_public_key, self._identities.state_dir, bundle_key)
+            log.info("enrolled as agent %s", enrolled.agent_id)
+            return enrolled
         return None
 
-    async def _enroll(self) -> StoredIdentity:
+    async def _enroll(self) -> tuple[StoredIdentity, bytes]:
+        """The new identity, and the control plane's bundle-signing key (may be empty)."""
         settings = self._settings
         host, port = split_address(settings.control_plane)
         if settings.insecure:
@@ -172,7 +234,7 @@ class ControlLink:
         enrollment = enrollment_from_pb(response)
         if enrollment.agent_id != agent_id:
             raise EnrollmentRefused("the control plane answered for another agent id")
-        return StoredIdentity(
+        identity = StoredIdentity(
             agent_id=agent_id,
             control_plane=settings.control_plane,
             mtls_port=enrollment.mtls_port,
@@ -180,6 +242,7 @@ class ControlLink:
             certificate_pem=enrollment.certificate_pem,
             ca_certificate_pem=enrollment.ca_certificate_pem or ca_pem,
         )
+        return identity, enrollment.bundle_public_key_pem
 
     # -- the control stream ---------------------------------------------------------------
 
@@ -258,6 +321,7 @@ class ControlLink:
             if secure
             else None
         )
+        self._session_target = (identity, port)
         async with self._channel(identity, port) as channel:
             stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=self._metadata(identity))
@@ -282,6 +346,7 @@ class ControlLink:
             ]
             if self._telemetry is not None:
                 background.append(asyncio.create_task(self._telemetry.run(send_telemetry)))
+            background.append(asyncio.create_task(self._send_statuses(send)))
             try:
                 while True:
                     read = asyncio.create_task(call.read())
@@ -303,19 +368,33 @@ class ControlLink:
                         if self._telemetry is not None:
                             await self._telemetry.acknowledge(message.telemetry_ack.acked_seq)
                         continue
-                    await self._handle(send, desired_state_from_pb(message.desired_state))
+                    await self._handle(desired_state_from_pb(message.desired_state))
             finally:
                 for task in background:
                     task.cancel()
 
-    async def _handle(
-        self, send: Callable[[cpb.AgentMessage], Awaitable[None]], desired: DesiredState
-    ) -> None:
+    async def _handle(self, desired: DesiredState) -> None:
         log.info("desired state generation %d received", desired.generation)
         await asyncio.to_thread(self._desired_states.save, desired)
-        status = await self._apply(desired)
-        self.observed_generation = status.observed_generation
-        await send(cpb.AgentMessage(status=status_to_pb(status)))
+        self.publish_status(await self._apply(desired))
+
+    async def _send_statuses(self, send: Callable[[cpb.AgentMessage], Awaitable[None]]) -> None:
+        """Sends the latest published status whenever it changes (and once per session)."""
+        if self._status is not None:
+            self._status_changed.set()
+        while True:
+            await self._status_changed.wait()
+            self._status_changed.clear()
+            if self._status is not None:
+                await send(cpb.AgentMessage(status=status_to_pb(self._status)))
+
+
+def _is_address(text: str) -> bool:
+    try:
+        split_address(text)
+    except ValueError:
+        return False
+    return len(text) <= 255 and text.isprintable()
 
 
 def _new_agent_id() -> str:

@@ -140,7 +140,10 @@ class LlamaCppBackend:
         tokens = self.tokenize("The capital of France is")
         self._llama.reset()  # type: ignore[no-untyped-call]
         self._llama.eval(tokens)
-        logits = self._llama.scores[self._llama.n_tokens - 1]
+        # The last token's logits, straight from llama.cpp (the high-level API keeps them only
+        # with logits_all).
+        pointer = llama_cpp.llama_get_logits_ith(self._llama.ctx, -1)
+        logits = numpy.ctypeslib.as_array(pointer, shape=(self._llama.n_vocab(),)).copy()
         self._llama.reset()  # type: ignore[no-untyped-call]  # next one starts afresh
         if not numpy.isfinite(logits).all():
             raise RuntimeError("the model's logits on a test prompt are not finite (NaN or inf)")

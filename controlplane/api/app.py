@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from common.prometheus import metrics_route
 from controlplane.api.agents import agent_routes
+from controlplane.api.assignments import assignment_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
@@ -74,6 +75,7 @@ def create_app(
         *site_routes(services),
         *telemetry_routes(services),
         *model_routes(services),
+        *assignment_routes(services, services.assignments),
     ]
     api = Router(
         path=API_PREFIX,

@@ -96,8 +96,11 @@ class Agent(SQLModel, table=True):
     hardware: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     observed_generation: int = 0
     desired_generation: int = 0
-    # [{"kind", "name", "state", "error"}], as the agent last reported them
-    status_items: list[dict[str, str]] = Field(default_factory=list, sa_type=JSON)
+    # [{"kind", "name", "state", "error", "sha256", "bytes_done", "bytes_total",
+    #   "rate_bytes_per_s", "serving_sha256"}], as the agent last reported them
+    status_items: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    # HOST:PORT where the agent serves verified artifacts to its site's peers ("": it does not)
+    peer_address: str = Field(default="", max_length=NAME_CHARS)
     enrolled_at: datetime = Field(sa_type=UtcDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from common.artifacts import check_sha256
 from common.control import DesiredState, Hello
-from common.errors import InvalidArgument, NotFound
+from common.errors import InvalidArgument
 from common.proto_convert import (
     desired_state_to_pb,
     hello_from_pb,
     status_from_pb,
     telemetry_batch_from_pb,
 )
+from controlplane.grpc.agent_auth import AgentAuthenticator, Caller
 from controlplane.grpc.hub import AgentLink, Hub
-from controlplane.pki import CertificateAuthority, CertificateError, CsrError
+from controlplane.pki import CertificateAuthority, CsrError
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ControlPlaneSettings
 from outpost.v1 import control_pb2 as cpb
@@ -26,14 +27,8 @@ from outpost.v1 import control_pb2_grpc as cpb_grpc
 
 log = logging.getLogger(__name__)
 
-INSECURE_AGENT_HEADER = "x-outpost-agent-id"
 MALFORMED = "malformed message: not an outpost.v1.AgentMessage"
-
-
-@dataclass(frozen=True)
-class Caller:
-    agent_id: str
-    serial: str | None  # None in the demo's plain-text mode
+MAX_PEER_ANSWERS = 8
 
 
 class ControlServicer(cpb_grpc.ControlServiceServicer):
@@ -48,47 +43,26 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         self._ca = ca
         self._hub = hub
         self._settings = settings
+        self._auth = AgentAuthenticator(services, ca, settings)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        """The caller's identity from its client certificate; aborts when it is not current."""
-        if self._settings.insecure:
-            metadata = dict(context.invocation_metadata() or ())
-            agent_id = str(metadata.get(INSECURE_AGENT_HEADER, ""))
-            caller = Caller(agent_id, None)
-        else:
-            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
-            try:
-                identity = self._ca.verify_agent_certificate(pem)
-            except CertificateError as exc:
-                await self._deny(context, "connect", str(exc))
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            caller = Caller(identity.agent_id, identity.serial)
-        current = await asyncio.to_thread(self._is_current, caller)
-        if not current:
-            reason = f"agent {caller.agent_id or '(none)'} is unknown or revoked"
-            await self._deny(context, "connect", reason)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
-        return caller
-
-    def _is_current(self, caller: Caller) -> bool:
-        fleet = self._services.fleet
-        if caller.serial is not None:
-            return fleet.certificate_is_current(caller.agent_id, caller.serial)
-        try:  # plain-text demo mode: the agent id header is all there is
-            return fleet.get(caller.agent_id).revoked_at is None
-        except NotFound:
-            return False
+        return await self._auth.authenticate(context, "connect")
 
     async def _deny(self, context: grpc.aio.ServicerContext, action: str, reason: str) -> None:
-        log.warning("refused %s from %s: %s", action, context.peer(), reason)
-        await asyncio.to_thread(
-            self._services.audit.record_now,
-            actor=f"peer:{context.peer()}",
-            action=action,
-            target="control-stream",
-            outcome="denied",
-            detail={"reason": reason},
+        await self._auth.deny(context, action, reason)
+
+    async def FindPeers(
+        self, request: cpb.FindPeersRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.FindPeersResponse:
+        caller = await self._auth.authenticate(context, "find-peers")
+        try:
+            sha256 = check_sha256(request.sha256)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        addresses = await asyncio.to_thread(
+            self._services.fleet.peers_holding, caller.agent_id, sha256
         )
+        return cpb.FindPeersResponse(addresses=addresses[:MAX_PEER_ANSWERS])
 
     async def RenewCertificate(
         self, request: cpb.RenewRequest, context: grpc.aio.ServicerContext

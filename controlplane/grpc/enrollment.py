@@ -33,11 +33,15 @@ class EnrollmentServicer(cpb_grpc.EnrollmentServiceServicer):
         ca: CertificateAuthority,
         settings: ControlPlaneSettings,
         mtls_port: int,
+        bundle_public_key_pem: bytes = b"",
     ) -> None:
+        """`bundle_public_key_pem`: handed to each enrolling agent, which pins it to verify
+        offline bundles later."""
         self._services = services
         self._ca = ca
         self._settings = settings
         self._mtls_port = mtls_port
+        self._bundle_public_key_pem = bundle_public_key_pem
 
     async def Discover(
         self, request: cpb.DiscoverRequest, context: grpc.aio.ServicerContext
@@ -88,6 +92,7 @@ class EnrollmentServicer(cpb_grpc.EnrollmentServiceServicer):
             certificate_pem=certificate.pem,
             ca_certificate_pem=self._ca.certificate_pem,
             mtls_port=self._mtls_port,
+            bundle_public_key_pem=self._bundle_public_key_pem,
         )
 
     async def _deny(self, peer: str, action: str, reason: str) -> None:

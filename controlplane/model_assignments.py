@@ -1,0 +1,373 @@
+"""Registry models assigned to an agent, a site or a label selector; folded into desired states."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from common.control import ModelAssignment
+from common.errors import Conflict, InsufficientResources, InvalidArgument, NotFound
+from common.telemetry import Sample
+from controlplane.audit import AuditLog, check_actor
+from controlplane.db.database import Database
+from controlplane.db.models import Agent, ModelAssignmentRecord, RegisteredModel, utcnow
+from controlplane.desired_state import (
+    CONTEXT_LENGTH_RANGE,
+    QUEUE_DEPTH_RANGE,
+    DesiredStates,
+    check_agent_id,
+    check_identifier,
+    check_labels,
+)
+from controlplane.fit_check import capacity, problems, requirement
+from controlplane.model_registry import ModelRegistry, RegisteredModelView
+
+TARGET_KINDS = ("agent", "site", "selector")
+PRECEDENCE = {"agent": 0, "selector": 1, "site": 2}  # the most specific assignment wins
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class ServingParameters:
+    alias: str | None = None  # None: the model's name
+    context_length: int = 4096
+    gpu_layers: int = 0
+    threads: int = 0
+    queue_depth: int = 16
+
+
+@dataclass(frozen=True)
+class AssignmentView:
+    id: int
+    model: RegisteredModelView
+    target_kind: str
+    target: str
+    alias: str
+    context_length: int
+    gpu_layers: int
+    threads: int
+    queue_depth: int
+    created_at: datetime
+    created_by: str
+    agents: tuple[str, ...] = ()  # the live agents it applies to now
+    fit_unchecked: tuple[str, ...] = field(default=())  # agents that reported no capacity yet
+
+
+@dataclass(frozen=True)
+class _Reached:
+    """What the fit check needs of one agent, read before any write lock is taken."""
+
+    id: str
+    name: str
+    hardware: dict[str, Any]
+
+
+def canonical_selector(selector: Mapping[str, str]) -> str:
+    checked = check_labels(selector)
+    if not checked:
+        raise InvalidArgument("a selector needs at least one key=value label")
+    return ",".join(f"{k}={v}" for k, v in sorted(checked.items()))
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in text.split(",")) if text else {}
+
+
+def _matches(record: ModelAssignmentRecord, agent: Agent) -> bool:
+    if record.target_kind == "agent":
+        return record.target == agent.id
+    if record.target_kind == "site":
+        return bool(agent.site) and record.target == agent.site
+    labels = agent.labels or {}
+    return all(labels.get(k) == v for k, v in parse_selector(record.target).items())
+
+
+class ModelAssignments:
+    """Assignments are rows; each live agent's desired models are its path models plus the
+    registry models of every assignment that matches it (one per alias, most specific wins)."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: ModelRegistry,
+        desired: DesiredStates,
+        audit: AuditLog,
+        latest_sample: Callable[[str], Sample | None],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._desired = desired
+        self._audit = audit
+        self._latest_sample = latest_sample
+        self._clock = clock
+        desired.set_registry_resolver(self.models_for_agent)
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def assign(
+        self,
+        ref: str,
+        *,
+        target_kind: str,
+        target: str | Mapping[str, str],
+        parameters: ServingParameters,
+        actor: str,
+    ) -> AssignmentView:
+        """Creates or replaces (same target and alias) an assignment after a fit check on every
+        agent it reaches; raises InsufficientResources naming each agent that cannot hold it."""
+        check_actor(actor)
+        model = self._registry.get(ref)
+        kind, target_text = self._check_target(target_kind, target)
+        alias = check_identifier(parameters.alias or _alias_of(model.name), "a model alias")
+        _check_parameters(parameters)
+        with self._db.session() as session:
+            reached = [
+                _Reached(a.id, a.name, dict(a.hardware or {}))
+                for a in self._live_agents(session)
+                if _matches_target(kind, target_text, a)
+            ]
+        if kind == "agent" and not reached:
+            raise NotFound(f"no live agent {target_text}")
+        unchecked = self._fit_check(model, parameters, reached)  # reads telemetry: no lock held
+        with self._db.session() as session:
+            agents = [
+                a for a in self._live_agents(session) if _matches_target(kind, target_text, a)
+            ]
+            record = session.exec(
+                select(ModelAssignmentRecord).where(
+                    ModelAssignmentRecord.target_kind == kind,
+                    ModelAssignmentRecord.target == target_text,
+                    ModelAssignmentRecord.alias == alias,
+                )
+            ).one_or_none()
+            if record is None:
+                record = ModelAssignmentRecord(
+                    model_id=model.id,
+                    target_kind=kind,
+                    target=target_text,
+                    alias=alias,
+                    context_length=0,
+                    gpu_layers=0,
+                    threads=0,
+                    queue_depth=0,
+                    created_at=self._clock(),
+                    created_by=actor,
+                )
+            before = record.model_id if record.id is not None else None
+            record.model_id = model.id
+            record.context_length = parameters.context_length
+            record.gpu_layers = parameters.gpu_layers
+            record.threads = parameters.threads
+            record.queue_depth = parameters.queue_depth
+            record.created_at, record.created_by = self._clock(), actor
+            session.add(record)
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise Conflict(f"an assignment of alias {alias} to {target_text} exists") from exc
+            self._audit.record(
+                session,
+                actor=actor,
+                action="model.assign",
+                target=f"{kind}:{target_text}",
+                detail={
+                    "model": model.ref,
+                    "sha256": model.sha256,
+                    "alias": alias,
+                    "replaced_model_id": before,
+                },
+            )
+            self._refresh(session, agents, actor)
+            view = self._view(session, record, agents, unchecked)
+        return view
+
+    def unassign(self, assignment_id: int, *, actor: str) -> None:
+        check_actor(actor)
+        with self._db.session() as session:
+            record = session.get(ModelAssignmentRecord, assignment_id)
+            if record is None:
+                raise NotFound(f"no model assignment {assignment_id}")
+            agents = [a for a in self._live_agents(session) if _matches(record, a)]
+            session.delete(record)
+            session.flush()
+            self._audit.record(
+                session,
+                actor=actor,
+                action="model.unassign",
+                target=f"{record.target_kind}:{record.target}",
+                detail={"assignment": assignment_id, "alias": record.alias},
+            )
+            self._refresh(session, agents, actor)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list(self) -> builtins.list[AssignmentView]:
+        with self._db.session() as session:
+            agents = self._live_agents(session)
+            records = session.exec(
+                select(ModelAssignmentRecord).order_by(col(ModelAssignmentRecord.id))
+            ).all()
+            return [
+                self._view(session, r, [a for a in agents if _matches(r, a)], ()) for r in records
+            ]
+
+    def get(self, assignment_id: int) -> AssignmentView:
+        with self._db.session() as session:
+            record = session.get(ModelAssignmentRecord, assignment_id)
+            if record is None:
+                raise NotFound(f"no model assignment {assignment_id}")
+            agents = [a for a in self._live_agents(session) if _matches(record, a)]
+            return self._view(session, record, agents, ())
+
+    def models_for(self, session: Session, agent: Agent) -> builtins.list[ModelAssignment]:
+        """The registry models an agent should serve, one per alias."""
+        records = [
+            r for r in session.exec(select(ModelAssignmentRecord)).all() if _matches(r, agent)
+        ]
+        records.sort(key=lambda r: (PRECEDENCE[r.target_kind], -(r.id or 0)))
+        chosen: dict[str, ModelAssignment] = {}
+        for record in records:
+            if record.alias in chosen:
+                continue
+            model = session.get(RegisteredModel, record.model_id)
+            if model is None:
+                continue
+            chosen[record.alias] = ModelAssignment(
+                alias=record.alias,
+                context_length=record.context_length,
+                gpu_layers=record.gpu_layers,
+                queue_depth=record.queue_depth,
+                threads=record.threads,
+                sha256=model.sha256,
+                size_bytes=model.size_bytes,
+                model_name=model.name,
+                model_version=model.version,
+            )
+        return [chosen[a] for a in sorted(chosen)]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _refresh(self, session: Session, agents: Sequence[Agent], actor: str) -> None:
+        for agent in agents:
+            self._desired.refresh_registry_models(session, agent.id, actor=actor)
+
+    def models_for_agent(self, session: Session, agent_id: str) -> builtins.list[ModelAssignment]:
+        """The resolver DesiredStates calls when an agent's labels change."""
+        agent = session.get(Agent, agent_id)
+        return (
+            [] if agent is None or agent.revoked_at is not None else self.models_for(session, agent)
+        )
+
+    def _fit_check(
+        self, model: RegisteredModelView, parameters: ServingParameters, agents: Sequence[_Reached]
+    ) -> tuple[str, ...]:
+        need = requirement(
+            model.gguf(),
+            model.size_bytes,
+            context_length=parameters.context_length,
+            gpu_layers=parameters.gpu_layers,
+        )
+        refusals, unchecked = [], []
+        for agent in agents:
+            have = capacity(agent.hardware, self._latest_sample(agent.id))
+            if have.memory_bytes is None:
+                unchecked.append(agent.id)
+            found = problems(need, have)
+            if found:
+                refusals.append(f"agent {agent.id} ({agent.name}): " + "; ".join(found))
+        if refusals:
+            raise InsufficientResources(
+                f"model {model.ref} with a {parameters.context_length}-token context does not "
+                "fit: " + " | ".join(refusals)
+            )
+        return tuple(unchecked)
+
+    @staticmethod
+    def _check_target(kind: str, target: str | Mapping[str, str]) -> tuple[str, str]:
+        if kind not in TARGET_KINDS:
+            raise InvalidArgument(f"an assignment targets one of {', '.join(TARGET_KINDS)}")
+        if kind == "selector":
+            if isinstance(target, str):
+                pairs = [p.partition("=") for p in target.split(",")]
+                if any(not sep for _, sep, _ in pairs):
+                    raise InvalidArgument("a selector is key=value[,key=value...]")
+                target = {k: v for k, _, v in pairs}
+            return kind, canonical_selector(target)
+        if not isinstance(target, str):
+            raise InvalidArgument(f"an assignment to a {kind} names it as a string")
+        if kind == "agent":
+            return kind, check_agent_id(target)
+        return kind, check_identifier(target, "a site")
+
+    @staticmethod
+    def _live_agents(session: Session) -> builtins.list[Agent]:
+        return builtins.list(
+            session.exec(select(Agent).where(col(Agent.revoked_at).is_(None))).all()
+        )
+
+    @staticmethod
+    def _view(
+        session: Session,
+        record: ModelAssignmentRecord,
+        agents: Sequence[Agent],
+        unchecked: Sequence[str],
+    ) -> AssignmentView:
+        model = session.get(RegisteredModel, record.model_id)
+        assert model is not None
+        assert record.id is not None
+        return AssignmentView(
+            id=record.id,
+            model=RegisteredModelView.of(model),
+            target_kind=record.target_kind,
+            target=record.target,
+            alias=record.alias,
+            context_length=record.context_length,
+            gpu_layers=record.gpu_layers,
+            threads=record.threads,
+            queue_depth=record.queue_depth,
+            created_at=record.created_at,
+            created_by=record.created_by,
+            agents=tuple(a.id for a in agents),
+            fit_unchecked=tuple(unchecked),
+        )
+
+
+def _matches_target(kind: str, target: str, agent: Agent) -> bool:
+    probe = ModelAssignmentRecord(
+        model_id=0,
+        target_kind=kind,
+        target=target,
+        alias="x",
+        context_length=0,
+        gpu_layers=0,
+        threads=0,
+        queue_depth=0,
+        created_at=utcnow(),
+        created_by="",
+    )
+    return _matches(probe, agent)
+
+
+def _alias_of(name: str) -> str:
+    return name[:63]
+
+
+def _check_parameters(parameters: ServingParameters) -> None:
+    low, high = CONTEXT_LENGTH_RANGE
+    if not low <= parameters.context_length <= high:
+        raise InvalidArgument(f"context_length must be between {low} and {high}")
+    if parameters.gpu_layers < -1:
+        raise InvalidArgument("gpu_layers must be -1 (all) or more")
+    if not 0 <= parameters.threads <= MAX_THREADS:
+        raise InvalidArgument(f"threads must be between 0 and {MAX_THREADS}")
+    low, high = QUEUE_DEPTH_RANGE
+    if not low <= parameters.queue_depth <= high:
+        raise InvalidArgument(f"queue_depth must be between {low} and {high}")
