@@ -128,13 +128,12 @@ def _assignments(manifest: BundleManifest) -> tuple[ModelAssignment, ...]:
     )
 
 
-def _labels(state_dir: Path) -> dict[str, str]:
-    """The labels of the stored desired state, which a bundle does not set."""
+def _stored(state_dir: Path) -> DesiredState | None:
+    """The stored desired state (None when there is none or it is damaged)."""
     try:
-        stored = DesiredStateStore(state_dir).load()
+        return DesiredStateStore(state_dir).load()
     except DesiredStateError:
-        return {}
-    return dict(stored.labels) if stored is not None else {}
+        return None
 
 
 def _install(
@@ -157,8 +156,12 @@ def _install(
         if manifest.wheels:
             fsync_directory(wheels_dir)
         models = _assignments(manifest)
-        labels = MappingProxyType(_labels(state_dir))
-        DesiredStateStore(state_dir).save(DesiredState(manifest.sequence, models, labels))
+        stored = _stored(state_dir)
+        # The next generation of this agent's own count (the bundle's sequence is the signing
+        # control plane's counter, a different scale); labels are not a bundle's to set.
+        generation = stored.generation + 1 if stored is not None else 1
+        labels = MappingProxyType(dict(stored.labels) if stored is not None else {})
+        DesiredStateStore(state_dir).save(DesiredState(generation, models, labels))
     except BaseException:
         for path in added:
             path.unlink(missing_ok=True)

@@ -120,7 +120,8 @@ class ControlPlaneServer:
         options = [
             *KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Answers may exceed requests: a very large model's artifact manifest is ~4.5 MB.
+            ("grpc.max_send_message_length", max(settings.max_message_bytes, 8 * 1024 * 1024)),
         ]
         mtls_server = grpc.aio.server(options=options)
         public_server = grpc.aio.server(options=options)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import grpc
 
 from agent.artifacts.download import ChunkSource
+from agent.artifacts.grpc_source import CHANNEL_OPTIONS as ARTIFACT_OPTIONS
 from agent.artifacts.grpc_source import GrpcChunkSource
 from agent.bundle_import import PINNED_KEY_FILE, pin_public_key
 from agent.control.backoff import Backoff
@@ -57,6 +58,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Reconnection is ours (with our backoff); one attempt per channel.
     ("grpc.enable_retries", 0),
+]
+# Artifact transfers: a manifest of a very large model is bigger than a control message.
+ARTIFACT_CHANNEL_OPTIONS = [
+    *(option for option in CHANNEL_OPTIONS if "message_length" not in option[0]),
+    *ARTIFACT_OPTIONS,
 ]
 # Renew when less than this share of the certificate's lifetime is left.
 RENEW_AT_REMAINING = 1 / 3
@@ -135,13 +141,16 @@ class ControlLink:
             yield []
             return
         identity, port = self._session_target
-        control = self._channel(identity, port)
+        control = self._channel(identity, port, ARTIFACT_CHANNEL_OPTIONS)
         peer_channels: list[tuple[str, grpc.aio.Channel]] = []
         try:
             for address in await self._find_peers(control, identity, sha256):
                 if address != self.peer_address:
                     peer_channels.append(
-                        (address, grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+                        (
+                            address,
+                            grpc.aio.insecure_channel(address, options=ARTIFACT_CHANNEL_OPTIONS),
+                        )
                     )
             sources: list[ChunkSource] = [
                 GrpcChunkSource(channel, f"peer {address}") for address, channel in peer_channels
@@ -266,12 +275,17 @@ class ControlLink:
             certificate_chain=identity.certificate_pem,
         )
 
-    def _channel(self, identity: StoredIdentity, port: int) -> grpc.aio.Channel:
+    def _channel(
+        self,
+        identity: StoredIdentity,
+        port: int,
+        options: list[tuple[str, int]] = CHANNEL_OPTIONS,
+    ) -> grpc.aio.Channel:
         host, _ = split_address(identity.control_plane)
         target = f"{host}:{port}"
         if self._settings.insecure:
-            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        return grpc.aio.secure_channel(target, self._credentials(identity), options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, self._credentials(identity), options=options)
 
     async def _discover(self, identity: StoredIdentity) -> int:
         host, port = split_address(identity.control_plane)

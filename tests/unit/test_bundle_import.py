@@ -115,7 +115,7 @@ def test_demo_model_round_trip_on_a_fresh_agent(tmp_path: Path, demo_model: Path
     )
     desired = DesiredStateStore(state_dir).load()
     assert desired is not None
-    assert desired.generation == summary.sequence
+    assert desired.generation == 1  # the agent's own count, not the bundle's sequence
     assert desired.models == (expected,)
     assert result.models == (expected,)
     assert (state_dir / "policy.json").read_bytes() == policy.read_bytes()
@@ -141,7 +141,7 @@ def test_a_newer_bundle_replaces_the_desired_state_and_keeps_labels(
     result = import_bundle(second, state_dir, public_key_pem=None)  # the pinned key is used
     desired = DesiredStateStore(state_dir).load()
     assert desired is not None
-    assert desired.generation == 11
+    assert desired.generation == stored.generation + 1
     assert [m.alias for m in desired.models] == ["b"]
     assert dict(desired.labels) == {"site": "b1"}
     assert result.sequence == 11

@@ -255,13 +255,40 @@ def test_hello_status_and_disconnect_are_recorded(
     items = (
         ItemStatus(kind="model", name="smol", state=ItemState.READY),
         ItemStatus(kind="model", name="big", state=ItemState.FAILED, error="no such file"),
+        ItemStatus(
+            kind="model",
+            name="new",
+            state=ItemState.DOWNLOADING,
+            sha256="ab" * 32,
+            bytes_done=4096,
+            bytes_total=8192,
+            rate_bytes_per_s=1024.5,
+            serving_sha256="cd" * 32,
+        ),
+        # Hostile progress fields are cleaned, never stored as sent.
+        ItemStatus(
+            kind="model",
+            name="odd",
+            state=ItemState.DOWNLOADING,
+            sha256="../../etc/passwd",
+            bytes_done=-5,
+            rate_bytes_per_s=float("nan"),
+        ),
     )
     fleet.record_status(AGENT, AgentStatus(observed_generation=4, items=items))
     agent = fleet.get(AGENT)
+    empty = {"sha256": "", "bytes_done": 0, "bytes_total": 0, "rate_bytes_per_s": 0.0}
     assert agent.status_items == [
-        {"kind": "model", "name": "smol", "state": "ready", "error": ""},
-        {"kind": "model", "name": "big", "state": "failed", "error": "no such file"},
-    ]
+        {"kind": "model", "name": "smol", "state": "ready", "error": "", **empty,
+         "serving_sha256": ""},
+        {"kind": "model", "name": "big", "state": "failed", "error": "no such file", **empty,
+         "serving_sha256": ""},
+        {"kind": "model", "name": "new", "state": "downloading", "error": "",
+         "sha256": "ab" * 32, "bytes_done": 4096, "bytes_total": 8192,
+         "rate_bytes_per_s": 1024.5, "serving_sha256": "cd" * 32},
+        {"kind": "model", "name": "odd", "state": "downloading", "error": "", **empty,
+         "serving_sha256": ""},
+    ]  # fmt: skip
     assert (agent.observed_generation, agent.last_seen_at) == (4, T0 + timedelta(minutes=2))
 
     fleet.mark_disconnected(AGENT)
