@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from common.control import ModelAssignment
 from controlplane.db.database import Database
 from controlplane.db.models import Agent
 from controlplane.desired_state import DesiredStates
@@ -22,8 +23,9 @@ class RolloutRow:
     alias: str
     model: str  # name@version
     sha256: str
-    # pending, downloading, verifying, loading, ready, failed; or superseded (a more specific
-    # assignment gives the agent another version of this alias)
+    # pending, downloading, verifying, loading, ready, failed; superseded (a more specific
+    # assignment gives the agent another version of this alias); blocked (a model file set
+    # directly on the agent holds the alias)
     state: str
     bytes_done: int = 0
     bytes_total: int = 0
@@ -47,11 +49,11 @@ def rollout_status(
                 agent = agents.get(agent_id)
                 if agent is not None:
                     wanted = desired.current(agent_id, session=session).models
-                    rows.append(_row(view, agent, {m.alias: m.sha256 for m in wanted}))
+                    rows.append(_row(view, agent, {m.alias: m for m in wanted}))
     return rows
 
 
-def _row(view: AssignmentView, agent: Agent, wanted: dict[str, str]) -> RolloutRow:
+def _row(view: AssignmentView, agent: Agent, wanted: dict[str, ModelAssignment]) -> RolloutRow:
     base: dict[str, Any] = {
         "assignment_id": view.id,
         "agent_id": agent.id,
@@ -61,7 +63,11 @@ def _row(view: AssignmentView, agent: Agent, wanted: dict[str, str]) -> RolloutR
         "model": f"{view.model.name}@{view.model.version}",
         "sha256": view.model.sha256,
     }
-    if wanted.get(view.alias) != view.model.sha256:
+    current = wanted.get(view.alias)
+    if current is not None and not current.sha256:
+        reason = f"the agent serves the file {current.path} under alias {view.alias}"
+        return RolloutRow(**base, state="blocked", error=reason)
+    if current is None or current.sha256 != view.model.sha256:
         return RolloutRow(**base, state="superseded")
     item = next(
         (

@@ -111,16 +111,37 @@ def main() -> int:
         if not agents:
             raise SystemExit("the agent did not enroll within 60 s")
         agent_id = str(agents[0]["id"])
-        assigned = httpx.put(
-            f"{api}/agents/{agent_id}/desired-state/models",
-            json={"models": [{"alias": "smol", "path": model, "context_length": 2048}]},
+        # The demo model goes through the registry like any model: uploaded once (content
+        # addressed: a re-run finds it), assigned to the site, fetched and verified by the agent.
+        with Path(model).open("rb") as handle:
+            imported = httpx.post(
+                f"{api}/models",
+                params={"name": "smollm2"},
+                content=handle,
+                headers={**headers, "Content-Type": "application/octet-stream"},
+                timeout=300,
+            )
+        imported.raise_for_status()
+        sha256 = imported.json()["sha256"]
+        # Earlier demos set the model file directly; the registry version takes over its alias.
+        httpx.put(
+            f"{api}/agents/{agent_id}/desired-state/models", json={"models": []}, headers=headers
+        ).raise_for_status()
+        httpx.post(
+            f"{api}/assignments",
+            json={"model": f"sha256:{sha256}", "site": "demo", "alias": "smol",
+                  "context_length": 2048},
             headers=headers,
-        ).json()
-        while time.monotonic() < deadline + 60:
-            state = httpx.get(f"{api}/agents/{agent_id}", headers=headers).json()
-            if state["observed_generation"] >= assigned["generation"]:
+        ).raise_for_status()  # fmt: skip
+        row = None
+        while time.monotonic() < deadline + 120:
+            rows = httpx.get(f"{api}/rollouts", headers=headers).json()["rollouts"]
+            row = next((r for r in rows if r["agent_id"] == agent_id), None)
+            if row is not None and row["state"] in ("ready", "failed"):
                 break
             time.sleep(0.2)
+        if row is None or row["state"] != "ready":
+            raise SystemExit(f"the demo model did not roll out: {row}")
         wait_serving(AGENT_GRPC)
         question = "In one sentence, why run a language model on your own machines?"
         reply = httpx.post(
@@ -139,6 +160,10 @@ def main() -> int:
         print(
             f"Fleet:              OUTPOST_API_KEY=$(cat {cp_dir / 'admin-api-key'}) "
             f"{BIN / 'outpost'} --url http://127.0.0.1:{CP_HTTP} agents list"
+        )
+        print(
+            f"Models:             ... {BIN / 'outpost'} models list; "
+            f"{BIN / 'outpost'} rollout status"
         )
         print(
             f"Agent {agent_id[:8]}:     OpenAI API http://127.0.0.1:{AGENT_HTTP}/v1 "
