@@ -101,8 +101,8 @@ class ModelRollout:
             usable = model.sha256 not in record.failed and self.store.has(model.sha256)
             if not usable and model.sha256 not in record.failed:
                 self._ensure_download(model)
-            chosen = model.sha256 if usable else record.serving
-            if chosen and self.store.has(chosen):
+            chosen = model.sha256 if usable else self._fallback(record)
+            if chosen:
                 settings.append(_settings(defaults, model, self.store.blob_path(chosen), chosen))
         return settings
 
@@ -123,12 +123,22 @@ class ModelRollout:
                 reason = failures.get(model.alias, "the model did not load")
                 record.failed[model.sha256] = reason
                 _trim(record.failed)
-                again = served is None and bool(record.serving)
+                again = served is None and bool(self._fallback(record))
                 log.error("model %r version %s failed: %s", model.alias, model.sha256[:12], reason)
         aliases = {m.alias for m in desired.models if m.sha256}
         self.records = {a: r for a, r in self.records.items() if a in aliases}
         self._save()
         return again
+
+    def _fallback(self, record: AliasRecord) -> str:
+        """The version to serve while the desired one cannot be: the serving one, or the one
+        before it when the serving one has failed since (e.g. after a restart); "" if none."""
+        usable = (
+            sha256
+            for sha256 in (record.serving, record.previous)
+            if sha256 and sha256 not in record.failed and self.store.has(sha256)
+        )
+        return next(usable, "")
 
     def retain(self, desired: DesiredState) -> None:
         """Deletes artifacts no alias wants, serves or keeps as its previous version."""
@@ -254,7 +264,14 @@ class ModelRollout:
             }
         except FileNotFoundError:
             return {}
-        except (ValueError, KeyError, TypeError, AttributeError, InvalidArgument) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,  # absurdly nested JSON
+            InvalidArgument,
+        ) as exc:
             log.error("ignoring damaged %s: %s", self._path, exc)
             return {}
 

@@ -185,7 +185,9 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
         raise SettingsError("download_rate_limit must not be negative (0: unlimited)")
     if settings.peer_address:
         host, _, port = settings.peer_address.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        bad_host = not host or not host.isprintable() or any(c.isspace() for c in host)
+        # isascii: str.isdigit also accepts '²' (int() refuses it) and other scripts' digits
+        if bad_host or not (port.isascii() and port.isdigit()) or not int(port) < 65536:
             raise SettingsError(
                 f"peer_address must be HOST:PORT (PORT 0: the gRPC port), "
                 f"got {settings.peer_address!r}"
