@@ -83,7 +83,7 @@ class ManagedAgent:
     async def prepare(self, pool: ModelPool, metrics: AgentMetrics, ports: BoundPorts) -> None:
         """Serves what the last desired state asked for before the control plane answers."""
         host, _, port = self.link.peer_address.rpartition(":")
-        if port == "0":  # HOST:0 — the port the gRPC server bound
+        if port.isdigit() and int(port) == 0:  # HOST:0 — the port the gRPC server bound
             self.link.peer_address = f"{host}:{ports.grpc}"
         self._pool = pool
         self._metrics = metrics

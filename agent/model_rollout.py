@@ -114,6 +114,11 @@ class ModelRollout:
         for model in (m for m in desired.models if m.sha256):
             record = self.records.setdefault(model.alias, AliasRecord())
             served = pool.served(model.alias)
+            if served is not None and served.sha256 not in ("", model.sha256, record.serving):
+                # A fallback serves: it is the alias's serving version from now on.
+                if record.previous == served.sha256:
+                    record.previous = ""
+                record.serving = served.sha256
             if served is not None and served.sha256 == model.sha256:
                 if record.serving != model.sha256:
                     record.previous, record.serving = record.serving, model.sha256
@@ -228,7 +233,7 @@ class ModelRollout:
                 raise ArtifactError("the control plane has not been reached yet")
             # The manifest from the most trusted source that has it: the control plane (last).
             manifest = await resolve_manifest(
-                model.sha256, list(reversed(sources)), size_bytes=model.size_bytes
+                model.sha256, list(reversed(sources)), size_bytes=model.size_bytes or None
             )
 
             def on_progress(progress: Progress) -> None:

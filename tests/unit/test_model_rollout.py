@@ -493,6 +493,10 @@ def test_when_nothing_serves_yet_a_failing_version_falls_back_to_the_recorded_on
         assert "answers nonsense" in status.error
         assert status.serving_sha256 == v1.sha256
         assert await answer(agent.pool) == v1.file_name
+        # The fallback is the alias's serving version now; the failed one is only recorded.
+        record = agent.rollout.records["smol"]
+        assert (record.serving, record.previous) == (v1.sha256, "")
+        assert v2.sha256 in record.failed
         agent.close()
 
     run_test(restarted())
@@ -545,6 +549,10 @@ def test_a_serving_version_that_fails_after_a_restart_falls_back_to_the_previous
         assert "out of memory" in status.error
         assert status.serving_sha256 == v1.sha256
         assert await answer(agent.pool) == v1.file_name
+        # The fallback is the alias's serving version now; the failed one is only recorded.
+        record = agent.rollout.records["smol"]
+        assert (record.serving, record.previous) == (v1.sha256, "")
+        assert v2.sha256 in record.failed
         agent.close()
 
     run_test(restarted())
