@@ -233,7 +233,8 @@ class DesiredStates:
         new_models = models if models is not None else previous.models
         if labels is not None:  # selectors may match differently now
             session.flush()  # the caller's change to the agent's labels, for the resolver
-            new_models = self._with_registry(session, agent_id, new_models)
+        # New path models keep the agent's assigned registry models (and may free an alias).
+        new_models = self._with_registry(session, agent_id, new_models)
         new_labels = labels if labels is not None else dict(previous.labels)
         spec = _spec(new_models, new_labels)
         session.add(

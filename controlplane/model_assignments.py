@@ -66,6 +66,7 @@ class _Reached:
     id: str
     name: str
     hardware: dict[str, Any]
+    holds: bool  # it reports the model's verified blob on its disk (loading, ready, serving)
 
 
 def canonical_selector(selector: Mapping[str, str]) -> str:
@@ -130,7 +131,7 @@ class ModelAssignments:
         _check_parameters(parameters)
         with self._db.session() as session:
             reached = [
-                _Reached(a.id, a.name, dict(a.hardware or {}))
+                _Reached(a.id, a.name, dict(a.hardware or {}), _holds(a, model.sha256))
                 for a in self._live_agents(session)
                 if _matches_target(kind, target_text, a)
             ]
@@ -280,7 +281,7 @@ class ModelAssignments:
             have = capacity(agent.hardware, self._latest_sample(agent.id))
             if have.memory_bytes is None:
                 unchecked.append(agent.id)
-            found = problems(need, have)
+            found = problems(need, have, already_on_disk=agent.holds)
             if found:
                 refusals.append(f"agent {agent.id} ({agent.name}): " + "; ".join(found))
         if refusals:
@@ -354,6 +355,14 @@ def _matches_target(kind: str, target: str, agent: Agent) -> bool:
         created_by="",
     )
     return _matches(probe, agent)
+
+
+def _holds(agent: Agent, sha256: str) -> bool:
+    return any(
+        (item.get("sha256") == sha256 and item.get("state") in ("loading", "ready"))
+        or item.get("serving_sha256") == sha256
+        for item in agent.status_items or []
+    )
 
 
 def _alias_of(name: str) -> str:
