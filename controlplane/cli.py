@@ -232,7 +232,10 @@ def _show_agent(agent: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
     print("desired models:")
     for model in desired.get("models", []):
         options = ", ".join(f"{k}={model[k]}" for k in MODEL_OPTIONS if k in model)
-        print(f"  {clean(model['alias'])} = {clean(model['path'])} ({options})")
+        source = model.get("model") or model["path"]
+        if model.get("digest"):
+            source = f"{source} ({model['digest'][:19]}…)"
+        print(f"  {clean(model['alias'])} = {clean(source)} ({options})")
     if agent.get("status"):
         print("status:")
         for item in agent["status"]:

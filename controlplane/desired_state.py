@@ -120,8 +120,9 @@ def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
 
 # Called once per committed transaction with the new state of every agent it changed.
 Listener = Callable[[Mapping[str, DesiredState]], None]
-# The registry models an agent should serve now, read in the caller's session.
-RegistryResolver = Callable[[Session, str], Sequence[ModelAssignment]]
+# The registry models each of some agents should serve now, read in the caller's session
+# (agents without any may be left out).
+RegistryResolver = Callable[[Session, Sequence[str]], Mapping[str, Sequence[ModelAssignment]]]
 
 
 class DesiredStates:
@@ -170,7 +171,8 @@ class DesiredStates:
         if self._resolver is None:
             return tuple(models)
         taken = {m.alias for m in local}
-        resolved = [m for m in self._resolver(session, agent_id) if m.alias not in taken]
+        found = self._resolver(session, [agent_id]).get(agent_id, ())
+        resolved = [m for m in found if m.alias not in taken]
         return tuple(local + resolved)
 
     def add_listener(self, callback: Listener) -> None:
@@ -284,21 +286,31 @@ class DesiredStates:
         ).all()
         labels_of = {agent_id: dict(spec.get("labels", {})) for agent_id, spec in latest}
         model_specs = _spec(checked, {})["models"]  # built once, shared by every agent's row
+        # Registry models assigned to these agents stay (an alias set here takes precedence).
+        registry = self._resolver(session, [a for a, _ in agents]) if self._resolver else {}
+        taken = {m.alias for m in checked}
         now = self._clock()
         states: dict[str, DesiredState] = {}
         rows = []
         for agent_id, generation in agents:
             labels = labels_of.get(agent_id, {})
+            extra = tuple(m for m in registry.get(agent_id, ()) if m.alias not in taken)
+            models_here = checked + extra
             rows.append(
                 {
                     "agent_id": agent_id,
                     "generation": generation + 1,
-                    "spec": {"models": model_specs, "labels": labels},
+                    "spec": {
+                        "models": model_specs + _spec(extra, {})["models"]
+                        if extra
+                        else model_specs,
+                        "labels": labels,
+                    },
                     "created_at": now,
                     "created_by": actor,
                 }
             )
-            states[agent_id] = DesiredState(generation + 1, checked, MappingProxyType(labels))
+            states[agent_id] = DesiredState(generation + 1, models_here, MappingProxyType(labels))
         if rows:
             session.execute(insert(DesiredStateRecord), rows)
             session.execute(

@@ -109,7 +109,7 @@ class ModelAssignments:
         self._audit = audit
         self._latest_sample = latest_sample
         self._clock = clock
-        desired.set_registry_resolver(self.models_for_agent)
+        desired.set_registry_resolver(self.models_for_agents)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -230,42 +230,38 @@ class ModelAssignments:
 
     def models_for(self, session: Session, agent: Agent) -> builtins.list[ModelAssignment]:
         """The registry models an agent should serve, one per alias."""
-        records = [
-            r for r in session.exec(select(ModelAssignmentRecord)).all() if _matches(r, agent)
-        ]
-        records.sort(key=lambda r: (PRECEDENCE[r.target_kind], -(r.id or 0)))
-        chosen: dict[str, ModelAssignment] = {}
-        for record in records:
-            if record.alias in chosen:
-                continue
-            model = session.get(RegisteredModel, record.model_id)
-            if model is None:
-                continue
-            chosen[record.alias] = ModelAssignment(
-                alias=record.alias,
-                context_length=record.context_length,
-                gpu_layers=record.gpu_layers,
-                queue_depth=record.queue_depth,
-                threads=record.threads,
-                sha256=model.sha256,
-                size_bytes=model.size_bytes,
-                model_name=model.name,
-                model_version=model.version,
-            )
-        return [chosen[a] for a in sorted(chosen)]
+        records = builtins.list(session.exec(select(ModelAssignmentRecord)).all())
+        return _choose(records, self._models_of(session, records), agent)
+
+    def models_for_agents(
+        self, session: Session, agent_ids: Sequence[str]
+    ) -> dict[str, builtins.list[ModelAssignment]]:
+        """The resolver DesiredStates calls (label changes, site-wide changes): the registry
+        models of each live agent named, read with a few queries whatever their number."""
+        records = builtins.list(session.exec(select(ModelAssignmentRecord)).all())
+        if not records or not agent_ids:
+            return {}
+        models = self._models_of(session, records)
+        agents = session.exec(
+            select(Agent).where(col(Agent.id).in_(agent_ids), col(Agent.revoked_at).is_(None))
+        ).all()
+        return {agent.id: _choose(records, models, agent) for agent in agents}
+
+    @staticmethod
+    def _models_of(
+        session: Session, records: Sequence[ModelAssignmentRecord]
+    ) -> dict[int, RegisteredModel]:
+        ids = {r.model_id for r in records}
+        if not ids:
+            return {}
+        found = session.exec(select(RegisteredModel).where(col(RegisteredModel.id).in_(ids)))
+        return {m.id: m for m in found.all() if m.id is not None}
 
     # -- internals -------------------------------------------------------------------------
 
     def _refresh(self, session: Session, agents: Sequence[Agent], actor: str) -> None:
         for agent in agents:
             self._desired.refresh_registry_models(session, agent.id, actor=actor)
-
-    def models_for_agent(self, session: Session, agent_id: str) -> builtins.list[ModelAssignment]:
-        """The resolver DesiredStates calls when an agent's labels change."""
-        agent = session.get(Agent, agent_id)
-        return (
-            [] if agent is None or agent.revoked_at is not None else self.models_for(session, agent)
-        )
 
     def _fit_check(
         self, model: RegisteredModelView, parameters: ServingParameters, agents: Sequence[_Reached]
@@ -339,6 +335,33 @@ class ModelAssignments:
             agents=tuple(a.id for a in agents),
             fit_unchecked=tuple(unchecked),
         )
+
+
+def _choose(
+    records: Sequence[ModelAssignmentRecord], models: Mapping[int, RegisteredModel], agent: Agent
+) -> list[ModelAssignment]:
+    """Per alias, the most specific assignment matching `agent` (the newest among equals)."""
+    matching = sorted(
+        (r for r in records if _matches(r, agent)),
+        key=lambda r: (PRECEDENCE[r.target_kind], -(r.id or 0)),
+    )
+    chosen: dict[str, ModelAssignment] = {}
+    for record in matching:
+        model = models.get(record.model_id)
+        if record.alias in chosen or model is None:
+            continue
+        chosen[record.alias] = ModelAssignment(
+            alias=record.alias,
+            context_length=record.context_length,
+            gpu_layers=record.gpu_layers,
+            queue_depth=record.queue_depth,
+            threads=record.threads,
+            sha256=model.sha256,
+            size_bytes=model.size_bytes,
+            model_name=model.name,
+            model_version=model.version,
+        )
+    return [chosen[a] for a in sorted(chosen)]
 
 
 def _matches_target(kind: str, target: str, agent: Agent) -> bool:

@@ -45,13 +45,22 @@ def agent_view(agent: Agent) -> dict[str, Any]:
 
 
 def model_view(model: ModelAssignment) -> dict[str, Any]:
-    return {
+    """A model file set on the agent (`path`) or a registry model (`digest`, name, version)."""
+    view: dict[str, Any] = {
         "alias": model.alias,
         "path": model.path,
         "context_length": model.context_length,
         "gpu_layers": model.gpu_layers,
         "queue_depth": model.queue_depth,
     }
+    if model.sha256:
+        view |= {
+            "digest": f"sha256:{model.sha256}",
+            "size_bytes": model.size_bytes,
+            "model": f"{model.model_name}@{model.model_version}",
+            "threads": model.threads,
+        }
+    return view
 
 
 def desired_state_view(agent_id: str, state: DesiredState) -> dict[str, Any]:

@@ -219,7 +219,17 @@ def test_setting_path_models_keeps_assigned_registry_models(
     body = {"models": [{"alias": "local", "path": "/models/local.gguf"}]}
     response = api.call("PUT", f"/agents/{agent}/desired-state/models", json=body)
     assert response.status_code == 200, response.text
-    assert [m["alias"] for m in response.json()["models"]] == ["local", "chat"]
+    local, chat = response.json()["models"]
+    assert (local["alias"], local["path"], "digest" in local) == (
+        "local",
+        "/models/local.gguf",
+        False,
+    )
+    assert chat["alias"] == "chat"
+    assert chat["path"] == ""
+    assert chat["digest"] == model.digest
+    assert chat["model"] == f"{model.name}@{model.version}"
+    assert chat["size_bytes"] == model.size_bytes
     models = api.services.desired.current(agent).models
     assert [(m.alias, m.sha256) for m in models] == [("local", ""), ("chat", model.sha256)]
     assert api.rollouts()[0]["state"] == "pending"  # still wanted, not superseded
