@@ -89,14 +89,14 @@ def test_truncated_file_is_reported_as_truncated(tiny_gguf: Path, missing_bytes:
 def test_magic_followed_by_garbage_is_damaged(tmp_path: Path, tail: bytes) -> None:
     path = tmp_path / "damaged.gguf"
     path.write_bytes(b"GGUF" + tail)
-    with pytest.raises(ModelFileError, match="is truncated or damaged") as error:
+    with pytest.raises(ModelFileError, match="is truncated or its GGUF header is damaged") as error:
         inspect_model_file(path)
     assert str(path) in str(error.value)
 
 
 def test_header_cut_in_the_middle_is_damaged(tiny_gguf: Path) -> None:
     tiny_gguf.write_bytes(tiny_gguf.read_bytes()[:20])
-    with pytest.raises(ModelFileError, match="is truncated or damaged") as error:
+    with pytest.raises(ModelFileError, match="is truncated or its GGUF header is damaged") as error:
         inspect_model_file(tiny_gguf)
     assert str(tiny_gguf) in str(error.value)
 
