@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--context-length", type=int, help="context size for --model")
     serve.add_argument("--gpu-layers", type=int, help="layers of --model to offload to GPU")
     serve.add_argument("--queue-depth", type=int, help="requests that may wait for --model")
+    serve.add_argument("--parallel", type=int, help="requests --model decodes together (default 4)")
 
     run = commands.add_parser("run", help="serve what the control plane assigns (managed)")
     _add_server_options(run)
@@ -130,6 +131,7 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
             "gpu_layers": args.gpu_layers,
             "threads": args.threads,
             "queue_depth": args.queue_depth,
+            "parallel": args.parallel,
         }
         model = replace(model, **{k: v for k, v in model_overrides.items() if v is not None})
         settings = replace(settings, models=(*settings.models, model))
@@ -145,6 +147,7 @@ def _llama_backend(model: ModelSettings) -> ModelBackend:
         gpu_layers=model.gpu_layers,
         threads=resolve_threads(model),
         batch_size=model.batch_size,
+        parallel=model.parallel,
     )
 
 

@@ -67,11 +67,10 @@ class GenerationStream:
 
 
 class ModelRunner:
-    """Serialises access to one backend (llama.cpp contexts are not thread-safe).
-
-    At most one generation runs; up to `queue_depth` more wait in FIFO order. A request that
-    finds the queue full is refused at once with ResourceExhausted. A caller that goes away
-    stops its generation at the next token, or before it starts while it is still queued.
+    """Admits generations to one backend: up to its `parallel` run at once (a batching backend
+    decodes them together), up to `queue_depth` more wait in FIFO order. A request that finds
+    the queue full is refused at once with ResourceExhausted. A caller that goes away stops its
+    generation at the next token, or before it starts while it is still queued.
     """
 
     def __init__(self, alias: str, backend: ModelBackend, *, queue_depth: int) -> None:
@@ -79,18 +78,21 @@ class ModelRunner:
         self.backend = backend
         self.queue_depth = queue_depth
         self.description = backend.describe()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{alias}")
+        self.parallel = max(1, self.description.parallel)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.parallel, thread_name_prefix=f"model-{alias}"
+        )
         self.metrics = ModelMetrics()
         self._admitted = 0  # jobs submitted and not yet done; event loop thread only
 
     @property
     def waiting(self) -> int:
-        """Requests admitted behind the running one."""
-        return max(self._admitted - 1, 0)
+        """Requests admitted and waiting for one of the running ones to end."""
+        return max(self._admitted - self.parallel, 0)
 
     def start(self, prompt_tokens: Sequence[int], sampling: ResolvedSampling) -> GenerationStream:
         """Admits a generation or raises ResourceExhausted at once; must run on the event loop."""
-        if self._admitted > self.queue_depth:
+        if self._admitted >= self.parallel + self.queue_depth:
             self.metrics.rejected()
             raise ResourceExhausted(
                 f"model {self.alias!r} is busy: {self.waiting} requests are already queued "

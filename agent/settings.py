@@ -11,6 +11,7 @@ from typing import Any
 
 ENV_PREFIX = "OUTPOST_AGENT_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_PARALLEL = 64  # sequences per model context
 
 
 class SettingsError(Exception):
@@ -28,6 +29,7 @@ class ModelSettings:
     threads: int = 0  # 0: one per CPU core
     batch_size: int = 512
     queue_depth: int = 16
+    parallel: int = 4  # requests decoded together (continuous batching); each has context_length
     sha256: str = ""  # known digest of a verified registry model: not hashed again at load
 
 
@@ -68,7 +70,14 @@ _INT_FIELDS = {
 }
 _PATH_FIELDS = {"state_dir"}
 _BOOL_FIELDS = {"insecure_control"}
-_MODEL_INT_FIELDS = {"context_length", "gpu_layers", "threads", "batch_size", "queue_depth"}
+_MODEL_INT_FIELDS = {
+    "context_length",
+    "gpu_layers",
+    "threads",
+    "batch_size",
+    "queue_depth",
+    "parallel",
+}
 _AGENT_KEYS = {f.name for f in fields(AgentSettings)} - {"models"}
 _MODEL_KEYS = {f.name for f in fields(ModelSettings)} - {"sha256"}  # set by rollouts only
 
@@ -206,6 +215,10 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
             raise SettingsError(f"model alias {model.alias!r}: use letters, digits, '-', '_', '.'")
         if model.context_length < 64:
             raise SettingsError(f"model {model.alias}: context_length must be at least 64")
+        if not 1 <= model.parallel <= MAX_PARALLEL:
+            raise SettingsError(
+                f"model {model.alias}: parallel must be between 1 and {MAX_PARALLEL}"
+            )
         if model.queue_depth < 0 or model.batch_size < 1 or model.threads < 0:
             raise SettingsError(
                 f"model {model.alias}: queue_depth, batch_size, threads out of range"

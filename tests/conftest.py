@@ -38,6 +38,7 @@ def llama_factory(log: GenerationLog | None = None) -> BackendFactory:
             gpu_layers=0,
             threads=2,
             batch_size=model.batch_size,
+            parallel=model.parallel,
         )
         return RecordingBackend(backend, log) if log is not None else backend
 

@@ -27,8 +27,9 @@ class ResolvedSampling:
 @dataclass(frozen=True)
 class BackendDescription:
     architecture: str
-    context_length: int
+    context_length: int  # per request
     vocab_size: int
+    parallel: int = 1  # requests it decodes together
 
 
 class ModelBackend(Protocol):

@@ -113,7 +113,10 @@ def test_model_still_answers_after_bad_input(agent: RunningAgent) -> None:
 
 
 def test_full_queue_is_refused_at_once(demo_model: Path) -> None:
-    model = ModelSettings(path=demo_model, alias=MODEL_ALIAS, context_length=512, queue_depth=0)
+    """Two run at once (parallel 2), none may wait (queue 0): the third is refused."""
+    model = ModelSettings(
+        path=demo_model, alias=MODEL_ALIAS, context_length=512, queue_depth=0, parallel=2
+    )
     with RunningAgent(agent_settings([model]), llama_factory()) as agent:
         agent.wait_until_serving()
         with agent.channel() as channel:
@@ -123,10 +126,12 @@ def test_full_queue_is_refused_at_once(demo_model: Path) -> None:
                 prompt=COUNTING_PROMPT,
                 sampling=pb.SamplingParams(max_tokens=400, temperature=0.0),
             )
-            running = stub.Generate(long, timeout=60)
-            next(running)  # the first generation is running now
+            running = [stub.Generate(long, timeout=60) for _ in range(2)]
+            for stream in running:
+                next(stream)  # both generations are running now
             with pytest.raises(grpc.RpcError) as error:
                 list(stub.Generate(pb.GenerateRequest(model=MODEL_ALIAS, prompt="hi"), timeout=30))
-            running.cancel()
+            for stream in running:
+                stream.cancel()
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "busy" in error.value.details()

@@ -121,7 +121,10 @@ def test_model_answers_after_bad_input(http: httpx.Client) -> None:
 
 
 def test_full_queue_is_429_at_once(demo_model: Path) -> None:
-    model = ModelSettings(path=demo_model, alias=MODEL_ALIAS, context_length=512, queue_depth=0)
+    """One runs (parallel 1), none may wait (queue 0): the second is refused at once."""
+    model = ModelSettings(
+        path=demo_model, alias=MODEL_ALIAS, context_length=512, queue_depth=0, parallel=1
+    )
     with RunningAgent(agent_settings([model]), llama_factory()) as agent:
         agent.wait_until_serving()
         long = {
