@@ -134,8 +134,17 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
             "parallel": args.parallel,
         }
         model = replace(model, **{k: v for k, v in model_overrides.items() if v is not None})
+        if args.adapter:
+            model = replace(model, adapters=tuple(_adapter_pair(a) for a in args.adapter))
         settings = replace(settings, models=(*settings.models, model))
     return validate(settings)
+
+
+def _adapter_pair(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise SettingsError(f"--adapter {text!r}: use NAME=PATH")
+    return name, Path(path)
 
 
 def _llama_backend(model: ModelSettings) -> ModelBackend:
@@ -148,6 +157,7 @@ def _llama_backend(model: ModelSettings) -> ModelBackend:
         threads=resolve_threads(model),
         batch_size=model.batch_size,
         parallel=model.parallel,
+        adapters=dict(model.adapters),
     )
 
 

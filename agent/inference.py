@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 from agent.engine.protocol import ResolvedSampling
 from agent.model_pool import ModelPool
@@ -15,8 +16,11 @@ from agent.request_validation import (
     check_prompt_fits,
     resolve_sampling,
 )
-from common.errors import InvalidArgument
+from common.errors import InvalidArgument, NotFound
 from common.inference import ChatRequest, CompletionRequest, ModelInfo
+
+# A request names an adapter of a model as "alias:adapter" (aliases never contain ':').
+ADAPTER_SEPARATOR = ":"
 
 
 class Inference:
@@ -37,22 +41,31 @@ class Inference:
     def models(self) -> list[ModelInfo]:
         return self._pool.describe()
 
+    def _runner(self, model: str) -> tuple[ModelRunner, str]:
+        """The runner of `alias` or `alias:adapter`, and the adapter named ("" if none)."""
+        alias, _, adapter = model.partition(ADAPTER_SEPARATOR)
+        runner = self._pool.runner(alias)
+        if adapter and adapter not in runner.description.adapters:
+            known = ", ".join(runner.description.adapters) or "none"
+            raise NotFound(f"model {alias!r} has no adapter {adapter!r} (adapters: {known})")
+        return runner, adapter
+
     async def start_completion(self, request: CompletionRequest) -> GenerationStream:
-        runner = self._pool.runner(request.model)
+        runner, adapter = self._runner(request.model)
 
         def prepare() -> tuple[list[int], ResolvedSampling]:
             check_prompt(request.prompt)
-            sampling = resolve_sampling(request.sampling, self._limits)
+            sampling = replace(resolve_sampling(request.sampling, self._limits), adapter=adapter)
             return runner.backend.tokenize(request.prompt), sampling
 
         return await self._start(runner, prepare)
 
     async def start_chat(self, request: ChatRequest) -> GenerationStream:
-        runner = self._pool.runner(request.model)
+        runner, adapter = self._runner(request.model)
 
         def prepare() -> tuple[list[int], ResolvedSampling]:
             check_messages(request.messages)
-            sampling = resolve_sampling(request.sampling, self._limits)
+            sampling = replace(resolve_sampling(request.sampling, self._limits), adapter=adapter)
             prompt = runner.backend.render_chat(request.messages)
             return runner.backend.tokenize(prompt), sampling
 

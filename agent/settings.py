@@ -30,6 +30,8 @@ class ModelSettings:
     batch_size: int = 512
     queue_depth: int = 16
     parallel: int = 4  # requests decoded together (continuous batching); each has context_length
+    # LoRA adapters (GGUF) a request may name as "alias:name", by name
+    adapters: tuple[tuple[str, Path], ...] = ()
     sha256: str = ""  # known digest of a verified registry model: not hashed again at load
 
 
@@ -105,6 +107,11 @@ def _model_from_table(table: Mapping[str, Any], where: str) -> ModelSettings:
     values: dict[str, Any] = {"path": path, "alias": str(table.get("alias") or path.stem)}
     for key in _MODEL_INT_FIELDS & set(table):
         values[key] = _as_int(table[key], f"{where}.{key}")
+    if "adapters" in table:
+        adapters = table["adapters"]
+        if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+            raise SettingsError(f'{where}.adapters: expected a table of name = "path"')
+        values["adapters"] = tuple((str(k), Path(v)) for k, v in adapters.items())
     return ModelSettings(**values)
 
 
@@ -208,13 +215,15 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
     if settings.max_request_bytes < 1024:
         raise SettingsError("max_request_bytes must be at least 1024")
     for model in settings.models:
-        if (
-            not model.alias
-            or not model.alias.replace("-", "").replace("_", "").replace(".", "").isalnum()
-        ):
+        if not _is_name(model.alias):
             raise SettingsError(f"model alias {model.alias!r}: use letters, digits, '-', '_', '.'")
         if model.context_length < 64:
             raise SettingsError(f"model {model.alias}: context_length must be at least 64")
+        for name, _ in model.adapters:
+            if not _is_name(name):
+                raise SettingsError(
+                    f"model {model.alias}: adapter {name!r}: use letters, digits, '-', '_', '.'"
+                )
         if not 1 <= model.parallel <= MAX_PARALLEL:
             raise SettingsError(
                 f"model {model.alias}: parallel must be between 1 and {MAX_PARALLEL}"
@@ -224,6 +233,11 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
                 f"model {model.alias}: queue_depth, batch_size, threads out of range"
             )
     return settings
+
+
+def _is_name(text: str) -> bool:
+    """Letters, digits, '-', '_', '.': model aliases and adapter names (never ':')."""
+    return bool(text) and text.replace("-", "").replace("_", "").replace(".", "").isalnum()
 
 
 def resolve_threads(model: ModelSettings) -> int:

@@ -39,6 +39,7 @@ def llama_factory(log: GenerationLog | None = None) -> BackendFactory:
             threads=2,
             batch_size=model.batch_size,
             parallel=model.parallel,
+            adapters=dict(model.adapters),
         )
         return RecordingBackend(backend, log) if log is not None else backend
 

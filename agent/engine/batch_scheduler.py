@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +71,13 @@ class BatchScheduler:
         batch_size: int,
         vocab_size: int,
         piece: Piece,
+        adapters: Mapping[str, Any] | None = None,
     ) -> None:
+        """`adapters`: loaded LoRA adapter handles by name (llama_adapter_lora_init)."""
         self._context = context
+        self._adapters = dict(adapters or {})
+        self._applied_adapter = ""  # what the context applies now ("" = none)
+        self._last_group = ""
         self._memory = llama_cpp.llama_get_memory(context)
         self._vocab = vocab
         self._parallel = parallel
@@ -153,6 +159,10 @@ class BatchScheduler:
                     )
                 )
                 continue
+            adapter = job.sampling.adapter
+            if adapter and adapter not in self._adapters:
+                job.emit(InvalidArgument(f"this model has no adapter {adapter!r}"))
+                continue
             seq_id = free.pop(0)
             sequence = _Sequence(
                 seq_id=seq_id,
@@ -171,7 +181,8 @@ class BatchScheduler:
         prompt = sequence.job.prompt
         best, source = 0, None
         for other in self._active.values():
-            if other is sequence:
+            # KV cells computed under another adapter would give wrong results.
+            if other is sequence or other.job.sampling.adapter != sequence.job.sampling.adapter:
                 continue
             common = _common_prefix(other.cells, prompt)
             if common > best:
@@ -190,11 +201,15 @@ class BatchScheduler:
         for sequence in list(self._active.values()):
             if sequence.job.cancelled.is_set():
                 self._finish(sequence, FinishReason.CANCELLED)
+        if not self._active:
+            return
+        group = self._choose_adapter()
+        members = [s for s in self._active.values() if s.job.sampling.adapter == group]
         batch = self._batch
         count = 0
         sample_at: list[tuple[_Sequence, int]] = []
         decoded: list[_Sequence] = []
-        for sequence in self._active.values():
+        for sequence in members:
             if sequence.next_token is not None:
                 self._put(count, sequence.next_token, len(sequence.cells), sequence.seq_id, True)
                 sample_at.append((sequence, count))
@@ -204,7 +219,7 @@ class BatchScheduler:
         if decoded:
             room = min(room, PREFILL_CHUNK_WHILE_STREAMING)
         chunks: list[tuple[_Sequence, list[int]]] = []
-        for sequence in self._active.values():
+        for sequence in members:
             if room <= 0:
                 break
             if not sequence.prefilling:
@@ -223,6 +238,7 @@ class BatchScheduler:
         if count == 0:
             return
         batch.n_tokens = count
+        self.use_adapter(group)
         result = llama_cpp.llama_decode(self._context, batch)
         self.decodes += 1
         if result != 0:
@@ -239,6 +255,26 @@ class BatchScheduler:
             sequence.cells.extend(chunk)
         for sequence, index in sample_at:
             self._accept(sequence, sequence.sampler.sample(self._context, index))
+
+    def _choose_adapter(self) -> str:
+        """The adapter whose sequences this decode carries: llama.cpp applies one adapter set
+        per decode, so sequences sharing an adapter decode together and groups take turns."""
+        groups = sorted({s.job.sampling.adapter for s in self._active.values()})
+        later = [g for g in groups if g > self._last_group]
+        self._last_group = (later or groups)[0] if len(groups) > 1 else groups[0]
+        return self._last_group
+
+    def use_adapter(self, name: str) -> None:
+        """Makes the context apply adapter `name` ("" = none); hold `decode_lock`."""
+        if name == self._applied_adapter:
+            return
+        if name:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
+            scales = (ctypes.c_float * 1)(1.0)
+            llama_cpp.llama_set_adapters_lora(self._context, handles, 1, scales)
+        else:
+            llama_cpp.llama_set_adapters_lora(self._context, None, 0, None)
+        self._applied_adapter = name
 
     def _put(self, index: int, token: int, position: int, seq_id: int, logits: bool) -> None:
         batch = self._batch

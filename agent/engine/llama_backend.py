@@ -6,7 +6,7 @@ import ctypes
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ class LlamaCppBackend:
         threads: int,
         batch_size: int,
         parallel: int = 1,
+        adapters: Mapping[str, Path] | None = None,
     ) -> None:
+        """`adapters`: LoRA adapter files by the name requests use for them."""
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = ALL_LAYERS if gpu_layers == -1 else gpu_layers
         self._model: Any = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
@@ -58,6 +60,9 @@ class LlamaCppBackend:
         params.n_batch = params.n_ubatch = batch_size
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False
+        # As llama-cpp-python's Llama does: its default (auto) turns flash attention on, which
+        # on these CPUs is slower and rounds differently from the results we compare against.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._context: Any = llama_cpp.llama_init_from_model(self._model, params)
         if not self._context:
             llama_cpp.llama_model_free(self._model)
@@ -71,6 +76,15 @@ class LlamaCppBackend:
         self._batch_size = batch_size
         self._architecture = self._metadata("general.architecture") or "unknown"
         self._chat_template = self._load_chat_template()
+        try:
+            handles = {
+                name: self._load_adapter(name, file) for name, file in (adapters or {}).items()
+            }
+        except BaseException:
+            llama_cpp.llama_free(self._context)
+            llama_cpp.llama_model_free(self._model)  # frees the adapters loaded so far too
+            raise
+        self._adapter_names = tuple(sorted(handles))
         self._scheduler = BatchScheduler(
             self._context,
             self._vocab,
@@ -79,7 +93,17 @@ class LlamaCppBackend:
             batch_size=batch_size,
             vocab_size=self._vocab_size,
             piece=self._generated_piece,
+            adapters=handles,
         )
+
+    def _load_adapter(self, name: str, path: Path) -> Any:
+        handle = llama_cpp.llama_adapter_lora_init(self._model, str(path).encode())
+        if not handle:  # a NULL pointer, not None
+            raise RuntimeError(
+                f"LoRA adapter {name!r} ({path}) cannot be loaded: not a GGUF LoRA adapter for "
+                "this model (llama.cpp checks the architecture and every tensor's shape)"
+            )
+        return handle
 
     def _metadata(self, key: str) -> str:
         buffer = ctypes.create_string_buffer(_METADATA_BYTES)
@@ -123,6 +147,7 @@ class LlamaCppBackend:
             context_length=self._context_length,
             vocab_size=self._vocab_size,
             parallel=self._parallel,
+            adapters=self._adapter_names,
         )
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
@@ -177,6 +202,7 @@ class LlamaCppBackend:
         batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
         try:
             with self._scheduler.decode_lock:
+                self._scheduler.use_adapter("")  # the base model's own weights
                 for index, token in enumerate(tokens):
                     batch.token[index] = token
                     batch.pos[index] = index

@@ -12,7 +12,8 @@ from common.inference import ChatMessage, GenerationEvent
 
 @dataclass(frozen=True)
 class ResolvedSampling:
-    """Sampling with every value decided and validated; what a backend runs with."""
+    """A request's generation parameters with every value decided and validated; what a
+    backend runs with."""
 
     max_tokens: int
     temperature: float
@@ -22,6 +23,7 @@ class ResolvedSampling:
     repeat_penalty: float
     seed: int
     stop: tuple[str, ...]
+    adapter: str = ""  # the LoRA adapter to apply, by name; "" = the base model
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class BackendDescription:
     context_length: int  # per request
     vocab_size: int
     parallel: int = 1  # requests it decodes together
+    adapters: tuple[str, ...] = ()  # LoRA adapters a request may name
 
 
 class ModelBackend(Protocol):
