@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-layers", type=int, help="layers of --model to offload to GPU")
     serve.add_argument("--queue-depth", type=int, help="requests that may wait for --model")
     serve.add_argument("--parallel", type=int, help="requests --model decodes together (default 4)")
+    serve.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a LoRA adapter (GGUF) of --model; requests name it as model 'ALIAS:NAME'",
+    )
 
     run = commands.add_parser("run", help="serve what the control plane assigns (managed)")
     _add_server_options(run)

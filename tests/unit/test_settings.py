@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import _parser, build_settings
 from agent.settings import (
     AgentSettings,
     ModelSettings,
@@ -339,3 +340,30 @@ def test_resolve_threads_uses_setting_or_cpu_count() -> None:
     assert resolve_threads(replace(MODEL, threads=3)) == 3
     assert resolve_threads(replace(MODEL, threads=0)) == (os.cpu_count() or 1)
     assert resolve_threads(replace(MODEL, threads=0)) >= 1
+
+
+def test_serve_flags_set_parallel_and_lora_adapters(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    args = _parser().parse_args(
+        ["serve", "--model", str(model), "--parallel", "8", "--adapter", "support=/a/s.gguf"]
+    )
+    (configured,) = build_settings(args, {}).models
+    assert configured.parallel == 8
+    assert configured.adapters == (("support", Path("/a/s.gguf")),)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--adapter", "no-path"], "use NAME=PATH"),
+        (["--adapter", "bad:name=/a.gguf"], "adapter 'bad:name'"),
+        (["--parallel", "0"], "parallel must be between 1 and 64"),
+        (["--parallel", "65"], "parallel must be between 1 and 64"),
+    ],
+)
+def test_bad_parallel_and_adapter_flags_are_refused(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    args = _parser().parse_args(["serve", "--model", str(tmp_path / "m.gguf"), *flags])
+    with pytest.raises(SettingsError, match=message):
+        build_settings(args, {})
