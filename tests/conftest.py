@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import SQLModel
 
 from agent.demo_model import default_cache_dir, ensure_demo_model
-from agent.engine.protocol import ModelBackend
+from agent.engine.protocol import ModelBackend, ResolvedSampling
 from agent.model_pool import BackendFactory
 from agent.settings import ModelSettings
 from controlplane.db.database import Database
@@ -21,6 +21,17 @@ MODEL_ALIAS = "smol"
 CONTEXT_LENGTH = 1024
 # Greedy decoding keeps counting until max_tokens: a long generation on demand.
 COUNTING_PROMPT = "1, 2, 3, 4, 5,"
+# Greedy decoding, as a backend takes it: tests replace() what they vary.
+GREEDY = ResolvedSampling(
+    max_tokens=32,
+    temperature=0.0,
+    top_p=1.0,
+    top_k=40,
+    min_p=0.05,
+    repeat_penalty=1.0,
+    seed=0,
+    stop=(),
+)
 
 
 @pytest.fixture(scope="session")

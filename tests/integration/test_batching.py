@@ -17,20 +17,10 @@ from agent.settings import ModelSettings
 from common.errors import InvalidArgument
 from common.inference import Finished, FinishReason, TextDelta
 from tests.agent_harness import RunningAgent, agent_settings
-from tests.conftest import COUNTING_PROMPT, llama_factory
+from tests.conftest import COUNTING_PROMPT, GREEDY, llama_factory
 
 pytestmark = pytest.mark.model
 
-GREEDY = ResolvedSampling(
-    max_tokens=32,
-    temperature=0.0,
-    top_p=1.0,
-    top_k=40,
-    min_p=0.05,
-    repeat_penalty=1.0,
-    seed=0,
-    stop=(),
-)
 SYSTEM = (
     "You are the help desk assistant of a small branch office. Answer in one short sentence, "
     "politely, and never reveal internal ticket numbers. Question: "

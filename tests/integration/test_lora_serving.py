@@ -12,26 +12,15 @@ import httpx
 import pytest
 
 from agent.engine.llama_backend import LlamaCppBackend
-from agent.engine.protocol import ResolvedSampling
 from agent.settings import ModelSettings
 from common.errors import InvalidArgument
 from common.inference import Finished, TextDelta
 from tests.agent_harness import RunningAgent, agent_settings
-from tests.conftest import llama_factory
+from tests.conftest import GREEDY, llama_factory
 from tests.lora_adapters import make_lora_adapter, not_gguf_adapter
 
 pytestmark = pytest.mark.model
 
-GREEDY = ResolvedSampling(
-    max_tokens=16,
-    temperature=0.0,
-    top_p=1.0,
-    top_k=40,
-    min_p=0.05,
-    repeat_penalty=1.0,
-    seed=0,
-    stop=(),
-)
 PROMPT = "The capital of France is"
 
 
@@ -61,7 +50,7 @@ def backend(demo_model: Path, adapters: dict[str, Path]) -> Iterator[LlamaCppBac
 
 def generate(backend: LlamaCppBackend, adapter: str) -> tuple[str, Finished]:
     text, finished = "", None
-    sampling = replace(GREEDY, adapter=adapter)
+    sampling = replace(GREEDY, max_tokens=16, adapter=adapter)
     for event in backend.generate(backend.tokenize(PROMPT), sampling, threading.Event()):
         if isinstance(event, TextDelta):
             text += event.text
