@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,9 +311,3 @@ def _digest_or_empty(value: object) -> str:
 def _trim(failed: dict[str, str]) -> None:
     while len(failed) > MAX_FAILED_PER_ALIAS:
         failed.pop(next(iter(failed)))
-
-
-@contextlib.asynccontextmanager
-async def no_sources(sha256: str) -> AsyncIterator[list[ChunkSource]]:
-    """For an agent without a control plane (air-gapped): artifacts come only from bundles."""
-    yield []

@@ -127,7 +127,7 @@ class ModelAssignments:
         check_actor(actor)
         model = self._registry.get(ref)
         kind, target_text = self._check_target(target_kind, target)
-        alias = check_identifier(parameters.alias or _alias_of(model.name), "a model alias")
+        alias = check_identifier(parameters.alias or model.name[:63], "a model alias")
         _check_parameters(parameters)
         with self._db.session() as session:
             reached = [
@@ -386,10 +386,6 @@ def _holds(agent: Agent, sha256: str) -> bool:
         or item.get("serving_sha256") == sha256
         for item in agent.status_items or []
     )
-
-
-def _alias_of(name: str) -> str:
-    return name[:63]
 
 
 def _check_parameters(parameters: ServingParameters) -> None:
