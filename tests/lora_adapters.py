@@ -116,8 +116,11 @@ def lora_tensors(
         # ||B @ A||_F without forming B @ A: sqrt(trace(B^T B A A^T)).
         delta = (alpha / rank) * np.sqrt(np.trace((b.T @ b) @ (a @ a.T)))
         b *= strength * weight.norm / delta
-        out.append((f"{weight.name}.lora_a", a.astype(np.float32)))
-        out.append((f"{weight.name}.lora_b", b.astype(np.float32)))
+        # f16, as llama.cpp's convert_lora_to_gguf.py writes by default: ggml multiplies f32
+        # adapter tensors with another kernel for one token than for several, so an f32 adapter's
+        # text would depend on how many sequences share a decode.
+        out.append((f"{weight.name}.lora_a", a.astype(np.float16)))
+        out.append((f"{weight.name}.lora_b", b.astype(np.float16)))
     return architecture, out
 
 
