@@ -1,0 +1,1 @@
+"""The routing policy shared by agent and control plane: document, detectors, decisions."""
