@@ -58,7 +58,7 @@ class Inference:
             sampling = replace(resolve_sampling(request.sampling, self._limits), adapter=adapter)
             return runner.backend.tokenize(request.prompt), sampling
 
-        return await self._start(runner, prepare)
+        return await self._start(runner, adapter, prepare)
 
     async def start_chat(self, request: ChatRequest) -> GenerationStream:
         runner, adapter = self._runner(request.model)
@@ -69,11 +69,13 @@ class Inference:
             prompt = runner.backend.render_chat(request.messages)
             return runner.backend.tokenize(prompt), sampling
 
-        return await self._start(runner, prepare)
+        return await self._start(runner, adapter, prepare)
 
     @staticmethod
     async def _start(
-        runner: ModelRunner, prepare: Callable[[], tuple[list[int], ResolvedSampling]]
+        runner: ModelRunner,
+        adapter: str,
+        prepare: Callable[[], tuple[list[int], ResolvedSampling]],
     ) -> GenerationStream:
         """Checks, renders and tokenizes off the event loop (llama.cpp's tokenizer only reads
         the vocabulary), then admits; a refused request counts as an error of its model."""
@@ -81,6 +83,6 @@ class Inference:
             tokens, sampling = await asyncio.to_thread(prepare)
             check_prompt_fits(len(tokens), runner.description.context_length)
         except InvalidArgument:
-            runner.metrics.rejected()
+            runner.metrics.rejected(adapter)
             raise
         return runner.start(tokens, sampling)

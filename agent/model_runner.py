@@ -82,7 +82,7 @@ class ModelRunner:
         self._executor = ThreadPoolExecutor(
             max_workers=self.parallel, thread_name_prefix=f"model-{alias}"
         )
-        self.metrics = ModelMetrics()
+        self.metrics = ModelMetrics(self.description.adapters)
         self._admitted = 0  # jobs submitted and not yet done; event loop thread only
 
     @property
@@ -93,7 +93,7 @@ class ModelRunner:
     def start(self, prompt_tokens: Sequence[int], sampling: ResolvedSampling) -> GenerationStream:
         """Admits a generation or raises ResourceExhausted at once; must run on the event loop."""
         if self._admitted >= self.parallel + self.queue_depth:
-            self.metrics.rejected()
+            self.metrics.rejected(sampling.adapter)
             raise ResourceExhausted(
                 f"model {self.alias!r} is busy: {self.waiting} requests are already queued "
                 f"(limit {self.queue_depth}); retry later"
@@ -111,26 +111,28 @@ class ModelRunner:
                     if first_token_at is None and isinstance(event, TextDelta):
                         first_token_at = time.perf_counter()
                     if isinstance(event, Finished):
-                        self._record(event, admitted_at, first_token_at)
+                        self._record(event, sampling.adapter, admitted_at, first_token_at)
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except Exception as exc:  # reported to the caller; the worker thread lives on
                 log.exception("generation on model %r failed", self.alias)
-                self.metrics.failed()
+                self.metrics.failed(sampling.adapter)
                 loop.call_soon_threadsafe(queue.put_nowait, GenerationFailed(str(exc)))
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         self._admitted += 1
-        self.metrics.admitted()
+        self.metrics.admitted(sampling.adapter)
         job = loop.run_in_executor(self._executor, run)
         job.add_done_callback(self._release)
         return GenerationStream(queue, cancelled)
 
-    def _record(self, event: Finished, admitted_at: float, first_token_at: float | None) -> None:
+    def _record(
+        self, event: Finished, adapter: str, admitted_at: float, first_token_at: float | None
+    ) -> None:
         now = time.perf_counter()
         ttft = None if first_token_at is None else first_token_at - admitted_at
         decode = 0.0 if first_token_at is None else now - first_token_at
-        self.metrics.finished(event.usage, ttft, decode)
+        self.metrics.finished(event.usage, ttft, decode, adapter)
 
     def _release(self, job: asyncio.Future[None]) -> None:
         self._admitted -= 1

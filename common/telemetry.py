@@ -128,6 +128,7 @@ def _counter(name: str, unit: str, help: str, labels: tuple[str, ...] = ()) -> M
 
 _GPU = ("gpu", "name")
 _MODEL = ("model",)
+_ADAPTER = ("model", "adapter")
 
 _SPECS = (
     # Machine (psutil).
@@ -239,6 +240,27 @@ _SPECS = (
     _gauge("outpost_model_queue_depth", "", "Requests waiting for the model.", _MODEL, maximum=1e6),
     _gauge(
         "outpost_model_loaded", "", "1 when the model is loaded and serving, else 0.", _MODEL, 0, 1
+    ),
+    # Inference, per LoRA adapter of a model (requests that named "alias:adapter").
+    _counter("outpost_adapter_requests_total", "", "Requests naming the adapter.", _ADAPTER),
+    _counter("outpost_adapter_errors_total", "", "Requests naming it that failed.", _ADAPTER),
+    _counter("outpost_adapter_prompt_tokens_total", "", "Prompt tokens processed.", _ADAPTER),
+    _counter(
+        "outpost_adapter_completion_tokens_total", "", "Completion tokens generated.", _ADAPTER
+    ),
+    _gauge(
+        "outpost_adapter_tokens_per_second",
+        "",
+        "Recent completion tokens per second with the adapter.",
+        _ADAPTER,
+        maximum=1e6,
+    ),
+    _gauge(
+        "outpost_adapter_time_to_first_token_seconds",
+        "seconds",
+        "Recent time from request to first completion token with the adapter.",
+        _ADAPTER,
+        maximum=86_400.0,
     ),
 )
 

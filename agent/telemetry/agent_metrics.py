@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.model_pool import ModelPool
 from agent.telemetry.collectors import MachineTelemetry
+from agent.telemetry.inference_metrics import InferenceCounts
 from agent.telemetry.machine import machine_telemetry
 from common.prometheus import exposition
 from common.telemetry import Metric, Sample
@@ -38,21 +39,26 @@ class AgentMetrics:
             if runner is None:
                 continue
             counts = runner.metrics.snapshot()
-            metrics += [
-                Metric("outpost_model_requests_total", counts.requests, labels),
-                Metric("outpost_model_errors_total", counts.errors, labels),
-                Metric("outpost_model_prompt_tokens_total", counts.prompt_tokens, labels),
-                Metric("outpost_model_completion_tokens_total", counts.completion_tokens, labels),
-                Metric("outpost_model_tokens_per_second", counts.tokens_per_second, labels),
-                Metric(
-                    "outpost_model_time_to_first_token_seconds",
-                    counts.time_to_first_token_s,
-                    labels,
-                ),
-                Metric("outpost_model_queue_depth", runner.waiting, labels),
-            ]
+            metrics += _inference_metrics("outpost_model", counts, labels)
+            metrics.append(Metric("outpost_model_queue_depth", runner.waiting, labels))
+            for adapter, adapter_counts in sorted(counts.adapters.items()):
+                adapter_labels = {"model": alias, "adapter": adapter}
+                metrics += _inference_metrics("outpost_adapter", adapter_counts, adapter_labels)
         return metrics
 
     def prometheus(self) -> bytes:
         """Runs the collectors (psutil, NVML): call it off the event loop."""
         return exposition(lambda: self.sample().metrics)
+
+
+def _inference_metrics(
+    prefix: str, counts: InferenceCounts, labels: dict[str, str]
+) -> list[Metric]:
+    return [
+        Metric(f"{prefix}_requests_total", counts.requests, labels),
+        Metric(f"{prefix}_errors_total", counts.errors, labels),
+        Metric(f"{prefix}_prompt_tokens_total", counts.prompt_tokens, labels),
+        Metric(f"{prefix}_completion_tokens_total", counts.completion_tokens, labels),
+        Metric(f"{prefix}_tokens_per_second", counts.tokens_per_second, labels),
+        Metric(f"{prefix}_time_to_first_token_seconds", counts.time_to_first_token_s, labels),
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine.llama_backend import LlamaCppBackend
 from agent.settings import ModelSettings
@@ -116,7 +117,19 @@ def test_the_agent_serves_adapters_as_alias_colon_name(
         with ThreadPoolExecutor(3) as pool:
             base, with_a, with_b = pool.map(complete, ["smol", "smol:a", "smol:b"])
         unknown = complete("smol:nope")
+        scraped = httpx.get(f"{agent.http_base}/metrics", timeout=30).text
     texts = [r.json()["choices"][0]["text"] for r in (base, with_a, with_b)]
     assert len(set(texts)) == 3
     assert unknown.status_code == 404
     assert "has no adapter 'nope' (adapters: a, b)" in unknown.json()["error"]["message"]
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    }
+    for adapter in ("a", "b"):
+        labels = (("adapter", adapter), ("model", "smol"))
+        assert samples[("outpost_adapter_requests_total", labels)] == 1.0
+        assert samples[("outpost_adapter_completion_tokens_total", labels)] == 16.0
+    # "smol:nope" was refused before it reached the model, like an unknown alias.
+    assert samples[("outpost_model_requests_total", (("model", "smol"),))] == 3.0

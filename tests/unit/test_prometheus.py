@@ -44,3 +44,21 @@ def test_model_metrics_count_and_time() -> None:
     assert (snapshot.prompt_tokens, snapshot.completion_tokens) == (5, 11)
     assert snapshot.tokens_per_second == 20.0  # 10 tokens after the first, in 0.5 s
     assert snapshot.time_to_first_token_s == 0.25
+
+
+def test_adapter_requests_count_for_the_adapter_and_the_model() -> None:
+    metrics = ModelMetrics(adapters=("support", "legal"))
+    metrics.admitted("support")
+    metrics.finished(Usage(prompt_tokens=4, completion_tokens=3), 0.1, 0.5, "support")
+    metrics.admitted()
+    metrics.finished(Usage(prompt_tokens=6, completion_tokens=9), 0.2, 1.0)
+    metrics.rejected("support")
+    metrics.admitted("unknown")  # not an adapter of the model: counted for the model only
+    snapshot = metrics.snapshot()
+    assert (snapshot.requests, snapshot.errors, snapshot.completion_tokens) == (4, 1, 12)
+    support = snapshot.adapters["support"]
+    assert (support.requests, support.errors) == (2, 1)
+    assert (support.prompt_tokens, support.completion_tokens) == (4, 3)
+    assert support.tokens_per_second == 4.0  # 2 tokens after the first, in 0.5 s
+    assert snapshot.adapters["legal"].requests == 0
+    assert set(snapshot.adapters) == {"support", "legal"}
