@@ -18,6 +18,17 @@ class ItemState(StrEnum):
 
 
 @dataclass(frozen=True)
+class AdapterAssignment:
+    """A LoRA adapter from the registry, served with a model; a request names it "alias:name"."""
+
+    name: str
+    sha256: str  # lowercase hex
+    size_bytes: int = 0
+    registry_name: str = ""
+    registry_version: str = ""
+
+
+@dataclass(frozen=True)
 class ModelAssignment:
     """One model an agent should serve, addressed by alias: a registry model (`sha256` set;
     the agent fetches and verifies it, `path` is empty) or a file on the agent (`path`)."""
@@ -32,6 +43,7 @@ class ModelAssignment:
     model_name: str = ""
     model_version: str = ""
     threads: int = 0  # 0: one per CPU core
+    adapters: tuple[AdapterAssignment, ...] = ()  # registry models only
 
 
 @dataclass(frozen=True)

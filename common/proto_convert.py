@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from common.artifacts import ArtifactManifest
 from common.control import (
+    AdapterAssignment,
     AgentStatus,
     DesiredState,
     Enrollment,
@@ -165,6 +166,16 @@ def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
                 model_name=m.model_name,
                 model_version=m.model_version,
                 threads=m.threads,
+                adapters=[
+                    cpb.AdapterAssignment(
+                        name=a.name,
+                        sha256=a.sha256,
+                        size_bytes=a.size_bytes,
+                        registry_name=a.registry_name,
+                        registry_version=a.registry_version,
+                    )
+                    for a in m.adapters
+                ],
             )
             for m in state.models
         ],
@@ -187,6 +198,16 @@ def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
                 model_name=m.model_name,
                 model_version=m.model_version,
                 threads=m.threads,
+                adapters=tuple(
+                    AdapterAssignment(
+                        name=a.name,
+                        sha256=a.sha256,
+                        size_bytes=a.size_bytes,
+                        registry_name=a.registry_name,
+                        registry_version=a.registry_version,
+                    )
+                    for a in m.adapters
+                ),
             )
             for m in message.models
         ),

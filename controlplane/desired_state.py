@@ -17,7 +17,7 @@ from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
 from common.artifacts import check_sha256
-from common.control import DesiredState, ModelAssignment
+from common.control import AdapterAssignment, DesiredState, ModelAssignment
 from common.errors import InvalidArgument, NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_LABELS = 32
 MAX_MODELS = 64
+MAX_ADAPTERS = 16  # per model
 MAX_PATH_CHARS = 4096
 CONTEXT_LENGTH_RANGE = (64, 1_048_576)
 QUEUE_DEPTH_RANGE = (0, 1024)
@@ -105,7 +106,27 @@ def check_assignments(models: Sequence[ModelAssignment]) -> tuple[ModelAssignmen
         _int_in(model.context_length, *CONTEXT_LENGTH_RANGE, f"context_length of {alias}")
         _int_in(model.gpu_layers, -1, None, f"gpu_layers of {alias}")
         _int_in(model.queue_depth, *QUEUE_DEPTH_RANGE, f"queue_depth of {alias}")
+        _check_adapters(model)
     return tuple(models)
+
+
+def _check_adapters(model: ModelAssignment) -> None:
+    if not model.adapters:
+        return
+    if not model.sha256:
+        raise InvalidArgument(f"model {model.alias}: only registry models carry adapters")
+    if len(model.adapters) > MAX_ADAPTERS:
+        raise InvalidArgument(f"model {model.alias}: at most {MAX_ADAPTERS} adapters")
+    names: set[str] = set()
+    for adapter in model.adapters:
+        if not isinstance(adapter, AdapterAssignment):
+            raise InvalidArgument(f"model {model.alias}: adapters must be adapter assignments")
+        name = check_identifier(adapter.name, f"an adapter name of model {model.alias}")
+        if name in names:
+            raise InvalidArgument(f"model {model.alias}: adapter {name} appears more than once")
+        names.add(name)
+        check_sha256(adapter.sha256, f"the sha256 of adapter {model.alias}:{name}")
+        _int_in(adapter.size_bytes, 1, None, f"size_bytes of adapter {model.alias}:{name}")
 
 
 def _spec(models: Sequence[ModelAssignment], labels: Mapping[str, str]) -> dict[str, Any]:
@@ -113,9 +134,14 @@ def _spec(models: Sequence[ModelAssignment], labels: Mapping[str, str]) -> dict[
 
 
 def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
-    models = tuple(ModelAssignment(**m) for m in spec.get("models", ()))
+    models = tuple(_model(m) for m in spec.get("models", ()))
     labels = MappingProxyType(dict(spec.get("labels", {})))
     return DesiredState(generation=generation, models=models, labels=labels)
+
+
+def _model(stored: Mapping[str, Any]) -> ModelAssignment:
+    adapters = tuple(AdapterAssignment(**a) for a in stored.get("adapters", ()))
+    return ModelAssignment(**{**stored, "adapters": adapters})
 
 
 # Called once per committed transaction with the new state of every agent it changed.

@@ -220,7 +220,7 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ..., peer_address: _Optional[str] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth", "sha256", "size_bytes", "model_name", "model_version", "threads")
+    __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth", "sha256", "size_bytes", "model_name", "model_version", "threads", "adapters")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class ModelAssignment(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     alias: str
     path: str
     context_length: int
@@ -241,7 +242,22 @@ class ModelAssignment(_message.Message):
     model_name: str
     model_version: str
     threads: int
-    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., context_length: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterAssignment]
+    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., context_length: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., threads: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterAssignment, _Mapping]]] = ...) -> None: ...
+
+class AdapterAssignment(_message.Message):
+    __slots__ = ("name", "sha256", "size_bytes", "registry_name", "registry_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size_bytes: int
+    registry_name: str
+    registry_version: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., registry_name: _Optional[str] = ..., registry_version: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
     __slots__ = ("generation", "models", "labels")
