@@ -15,6 +15,7 @@ from typing import Any
 from agent.artifacts.download import ChunkSource, Downloader, Progress, resolve_manifest
 from agent.artifacts.store import ArtifactError, ArtifactStore
 from agent.control.backoff import Backoff
+from agent.inference import ADAPTER_SEPARATOR
 from agent.model_pool import ModelPool
 from agent.settings import ModelSettings
 from common.artifacts import check_sha256
@@ -88,7 +89,7 @@ class ModelRollout:
     def plan(self, desired: DesiredState, defaults: ModelSettings) -> list[ModelSettings]:
         """Pool settings for `desired`: registry models whose verified file is here, else the
         version serving until the new one is (or stays) usable; starts missing downloads."""
-        wanted = {m.sha256 for m in desired.models if m.sha256}
+        wanted = _artifacts(desired)
         for sha256 in [s for s in self._downloads if s not in wanted]:
             self._downloads.pop(sha256).task.cancel()
         settings = []
@@ -99,11 +100,25 @@ class ModelRollout:
             record = self.records.setdefault(model.alias, AliasRecord())
             usable = model.sha256 not in record.failed and self.store.has(model.sha256)
             if not usable and model.sha256 not in record.failed:
-                self._ensure_download(model)
+                self._ensure_download(model.sha256, model.size_bytes, model.alias)
             chosen = model.sha256 if usable else self._fallback(record)
             if chosen:
-                settings.append(_settings(defaults, model, self.store.blob_path(chosen), chosen))
+                path = self.store.blob_path(chosen)
+                adapters = self._present_adapters(model)
+                settings.append(_settings(defaults, model, path, chosen, adapters))
         return settings
+
+    def _present_adapters(self, model: ModelAssignment) -> tuple[tuple[str, Path], ...]:
+        """The model's adapters whose verified file is here; starts fetching the others. Each
+        one that arrives later reloads the model with it (beside the running one)."""
+        present = []
+        for adapter in model.adapters:
+            if self.store.has(adapter.sha256):
+                present.append((adapter.name, self.store.blob_path(adapter.sha256)))
+            else:
+                label = f"{model.alias}{ADAPTER_SEPARATOR}{adapter.name}"
+                self._ensure_download(adapter.sha256, adapter.size_bytes, label)
+        return tuple(present)
 
     def settle(self, desired: DesiredState, pool: ModelPool) -> bool:
         """Records what the pool did with the plan; True when a new version failed and the
@@ -146,7 +161,7 @@ class ModelRollout:
 
     def retain(self, desired: DesiredState) -> None:
         """Deletes artifacts no alias wants, serves or keeps as its previous version."""
-        keep = {m.sha256 for m in desired.models if m.sha256}
+        keep = _artifacts(desired)
         for record in self.records.values():
             keep |= {record.serving, record.previous} - {""}
         deleted = self.store.retain(keep)
@@ -154,7 +169,29 @@ class ModelRollout:
             log.info("deleted %d artifact(s) no longer needed", len(deleted))
 
     def statuses(self, desired: DesiredState, pool: ModelPool) -> list[ItemStatus]:
-        """One item per registry model of `desired`."""
+        """One item per registry model of `desired`, then one per adapter of each."""
+        return self._model_statuses(desired, pool) + self._adapter_statuses(desired, pool)
+
+    def _adapter_statuses(self, desired: DesiredState, pool: ModelPool) -> list[ItemStatus]:
+        items = []
+        for model in desired.models:
+            served = pool.served(model.alias)
+            loaded = dict(served.adapters) if served is not None else {}
+            for adapter in model.adapters:
+                name = f"{model.alias}{ADAPTER_SEPARATOR}{adapter.name}"
+                base = ItemStatus("adapter", name, ItemState.PENDING, sha256=adapter.sha256)
+                download = self._downloads.get(adapter.sha256)
+                if loaded.get(adapter.name) == self.store.blob_path(adapter.sha256):
+                    items.append(replace(base, state=ItemState.READY))
+                elif download is not None:
+                    items.append(_download_status(base, download))
+                elif self.store.has(adapter.sha256):
+                    items.append(replace(base, state=ItemState.LOADING))
+                else:
+                    items.append(replace(base, bytes_total=adapter.size_bytes))
+        return items
+
+    def _model_statuses(self, desired: DesiredState, pool: ModelPool) -> list[ItemStatus]:
         items = []
         for model in (m for m in desired.models if m.sha256):
             record = self.records.get(model.alias, AliasRecord())
@@ -170,22 +207,8 @@ class ModelRollout:
                 kept = f"; version {serving[:12]} keeps serving" if serving else ""
                 error = f"{record.failed[model.sha256]}{kept}"
                 items.append(replace(base, state=ItemState.FAILED, error=error))
-            elif download is not None and download.error:
-                items.append(replace(base, state=ItemState.FAILED, error=download.error))
-            elif download is not None and download.progress is not None:
-                progress = download.progress
-                state = (
-                    ItemState.VERIFYING if progress.state == "verifying" else ItemState.DOWNLOADING
-                )
-                items.append(
-                    replace(
-                        base,
-                        state=state,
-                        bytes_done=progress.bytes_done,
-                        bytes_total=progress.bytes_total,
-                        rate_bytes_per_s=progress.rate_bytes_per_s,
-                    )
-                )
+            elif download is not None and (download.error or download.progress is not None):
+                items.append(_download_status(base, download))
             elif self.store.has(model.sha256):
                 items.append(replace(base, state=ItemState.LOADING))
             else:
@@ -199,45 +222,46 @@ class ModelRollout:
 
     # -- downloads -------------------------------------------------------------------------
 
-    def _ensure_download(self, model: ModelAssignment) -> None:
-        if model.sha256 in self._downloads:
+    def _ensure_download(self, sha256: str, size_bytes: int, label: str) -> None:
+        """Starts fetching artifact `sha256` unless it is already; `label` names it in logs."""
+        if sha256 in self._downloads:
             return
-        download = _Download(asyncio.get_running_loop().create_task(self._fetch(model)))
-        self._downloads[model.sha256] = download
+        task = asyncio.get_running_loop().create_task(self._fetch(sha256, size_bytes, label))
+        self._downloads[sha256] = _Download(task)
 
-    async def _fetch(self, model: ModelAssignment) -> None:
+    async def _fetch(self, sha256: str, size_bytes: int, label: str) -> None:
         """Fetches until the artifact is verified and adopted, retrying with backoff."""
         backoff = self._new_backoff()
-        download = self._downloads.get(model.sha256)
+        download = self._downloads.get(sha256)
         while True:
             try:
-                await self._fetch_once(model)
+                await self._fetch_once(sha256, size_bytes)
                 break
             except (ArtifactError, InvalidArgument, OSError) as exc:
-                error = f"download of {model.sha256[:12]} failed: {exc}"
+                error = f"download of {sha256[:12]} failed: {exc}"
             delay = backoff.next_delay()
             log.warning("%s; retrying in %.0f s", error, delay)
             if download is not None:
                 download.error = f"{error} (retrying)"
             self._report()
             await asyncio.sleep(delay)
-        self._downloads.pop(model.sha256, None)
-        log.info("model %r: artifact %s verified", model.alias, model.sha256[:12])
+        self._downloads.pop(sha256, None)
+        log.info("%r: artifact %s verified", label, sha256[:12])
         self._changed()
 
-    async def _fetch_once(self, model: ModelAssignment) -> None:
-        download = self._downloads.get(model.sha256)
-        async with self._open_sources(model.sha256) as sources:
+    async def _fetch_once(self, sha256: str, size_bytes: int) -> None:
+        download = self._downloads.get(sha256)
+        async with self._open_sources(sha256) as sources:
             if not sources:
                 raise ArtifactError("the control plane has not been reached yet")
             # The manifest from the most trusted source that has it: the control plane (last).
             manifest = await resolve_manifest(
-                model.sha256, list(reversed(sources)), size_bytes=model.size_bytes or None
+                sha256, list(reversed(sources)), size_bytes=size_bytes or None
             )
 
             def on_progress(progress: Progress) -> None:
                 if progress.source:
-                    self.sources_used.setdefault(model.sha256, set()).add(progress.source)
+                    self.sources_used.setdefault(sha256, set()).add(progress.source)
                 if download is not None:
                     download.progress, download.error = progress, ""
                 now = time.monotonic()
@@ -290,7 +314,11 @@ class ModelRollout:
 
 
 def _settings(
-    defaults: ModelSettings, model: ModelAssignment, path: Path, sha256: str
+    defaults: ModelSettings,
+    model: ModelAssignment,
+    path: Path,
+    sha256: str,
+    adapters: tuple[tuple[str, Path], ...] = (),
 ) -> ModelSettings:
     return replace(
         defaults,
@@ -301,6 +329,29 @@ def _settings(
         queue_depth=model.queue_depth,
         threads=model.threads or defaults.threads,
         sha256=sha256,
+        adapters=adapters,
+    )
+
+
+def _artifacts(desired: DesiredState) -> set[str]:
+    """Every registry artifact `desired` names: models and their adapters."""
+    wanted = {m.sha256 for m in desired.models if m.sha256}
+    return wanted | {a.sha256 for m in desired.models for a in m.adapters}
+
+
+def _download_status(base: ItemStatus, download: _Download) -> ItemStatus:
+    if download.error:
+        return replace(base, state=ItemState.FAILED, error=download.error)
+    if download.progress is None:
+        return base
+    progress = download.progress
+    state = ItemState.VERIFYING if progress.state == "verifying" else ItemState.DOWNLOADING
+    return replace(
+        base,
+        state=state,
+        bytes_done=progress.bytes_done,
+        bytes_total=progress.bytes_total,
+        rate_bytes_per_s=progress.rate_bytes_per_s,
     )
 
 

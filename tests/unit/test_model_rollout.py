@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from agent.model_pool import ModelPool
 from agent.model_rollout import RECORDS_FILE, AliasRecord, ModelRollout
 from agent.settings import ModelSettings
 from common.artifacts import ArtifactManifest, manifest_of_stream
-from common.control import DesiredState, ItemState, ItemStatus, ModelAssignment
+from common.control import (
+    AdapterAssignment,
+    DesiredState,
+    ItemState,
+    ItemStatus,
+    ModelAssignment,
+)
 from tests.unit.test_model_pool_swap import TIMEOUT_S, FakeModels, answer, tiny_gguf, until
 
 CHUNK = 256  # small chunks: a tiny model is several of them
@@ -716,3 +722,71 @@ def test_records_survive_a_restart_and_an_absent_file_is_no_error(
 
     run_test(main())
     assert (tmp_path / RECORDS_FILE).stat().st_mode & 0o777 == 0o600
+
+
+# -- LoRA adapters ----------------------------------------------------------------------------
+
+
+def with_adapters(state: DesiredState, **adapters: Version) -> DesiredState:
+    """`state` with its first model carrying `adapters` (name = version, blobs as stand-ins)."""
+    first, *rest = state.models
+    carried = tuple(
+        AdapterAssignment(name, v.sha256, len(v.data), "support-lora", v.name)
+        for name, v in adapters.items()
+    )
+    return replace(state, models=(replace(first, adapters=carried), *rest))
+
+
+def test_adapters_download_and_each_reloads_the_model_with_it_as_it_arrives(
+    tmp_path: Path, versions: dict[str, Version]
+) -> None:
+    v1, a1, a2 = versions["v1"], versions["v2"], versions["v3"]
+
+    async def main() -> None:
+        source = FakeSource([a1, a2], stall_at=2 * CHUNK)
+        agent = Agent(tmp_path, [source], FakeModels())
+        agent.install(v1)
+        agent.install(a1)
+        state = with_adapters(desired(1, ("smol", v1)), support=a1, legal=a2)
+        statuses = await agent.apply(state)
+        by_name = {s.name: s for s in statuses}
+        assert by_name["smol"].state == ItemState.READY
+        assert by_name["smol:support"].state == ItemState.READY
+        assert (by_name["smol:legal"].kind, by_name["smol:legal"].sha256) == ("adapter", a2.sha256)
+        assert by_name["smol:legal"].state in (ItemState.PENDING, ItemState.DOWNLOADING)
+        served = agent.pool.served("smol")
+        assert served is not None
+        assert served.adapters == (("support", agent.store.blob_path(a1.sha256)),)
+
+        await asyncio.wait_for(source.stalled.wait(), TIMEOUT_S)
+        legal = {s.name: s for s in agent.rollout.statuses(state, agent.pool)}["smol:legal"]
+        assert legal.state == ItemState.DOWNLOADING
+        assert 0 < legal.bytes_done < legal.bytes_total == len(a2.data)
+        source.release.set()
+        await agent.wait_downloaded()
+
+        statuses = await agent.apply(state)
+        assert {s.name: s.state for s in statuses} == {
+            "smol": ItemState.READY,
+            "smol:support": ItemState.READY,
+            "smol:legal": ItemState.READY,
+        }
+        served = agent.pool.served("smol")
+        assert served is not None
+        assert dict(served.adapters) == {
+            "support": agent.store.blob_path(a1.sha256),
+            "legal": agent.store.blob_path(a2.sha256),
+        }
+        assert agent.models.loaded == [v1.file_name, v1.file_name]  # reloaded once, beside
+        assert agent.store.blobs() == sorted([v1.sha256, a1.sha256, a2.sha256])
+
+        # Dropped from the desired state: unloaded with a reload, its blob deleted.
+        statuses = await agent.apply(with_adapters(desired(2, ("smol", v1)), support=a1))
+        assert [s.name for s in statuses] == ["smol", "smol:support"]
+        served = agent.pool.served("smol")
+        assert served is not None
+        assert [name for name, _ in served.adapters] == ["support"]
+        assert agent.store.blobs() == sorted([v1.sha256, a1.sha256])
+        agent.close()
+
+    run_test(main())
