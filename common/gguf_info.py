@@ -1,24 +1,31 @@
-"""What a GGUF model file says about itself (architecture, size, quantization), and its KV cache."""
+"""What a GGUF file says about itself (a model or a LoRA adapter: architecture, size,
+quantization), and a model's KV cache."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 GGUF_MAGIC = b"GGUF"
 KV_CACHE_ELEMENT_BYTES = 2  # llama.cpp keeps K and V in f16 unless told otherwise
 MAX_TEXT_CHARS = 64 * 1024  # a chat template or license longer than this is clipped
+MAX_TYPE_CHARS = 63  # general.type and adapter.type are short words
+MODEL = "model"  # general.type of a model; a file without general.type is one too
+ADAPTER = "adapter"  # general.type of an adapter (LoRA: adapter.type "lora")
 
 
 class GgufError(Exception):
-    """The file is not a usable GGUF model; the message names the file and says why."""
+    """The file is not a usable GGUF file; the message names the file and says why."""
 
 
 @dataclass(frozen=True)
 class GgufInfo:
-    """The header's facts about one model; counts the header lacks are 0, texts are ""."""
+    """The header's facts about one model or adapter; counts the header lacks are 0, texts
+    are "". An adapter has no context length nor shape: those are 0; its `architecture` is
+    the one of the models it is for."""
 
     architecture: str
     parameters: int  # the element count of all tensors
@@ -34,6 +41,14 @@ class GgufInfo:
     head_count_kv: int
     key_length: int  # per head; 0: embedding_length // head_count
     value_length: int  # per head; 0: as key_length
+    # general.type: "model" or "adapter" (not general.file_type, which names the quantization)
+    file_type: str = MODEL
+    adapter_type: str = ""  # adapter.type of an adapter, e.g. "lora"
+    lora_alpha: float = 0.0  # adapter.lora.alpha; 0: not given
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.file_type == ADAPTER
 
     def metadata(self) -> dict[str, Any]:
         """A JSON-ready copy of every field."""
@@ -41,17 +56,24 @@ class GgufInfo:
 
     @classmethod
     def from_metadata(cls, document: dict[str, Any]) -> GgufInfo:
-        """The inverse of `metadata()`; fields a document lacks take their empty values."""
+        """The inverse of `metadata()`; fields a document lacks (one stored by an older
+        version) take their defaults, or their empty values."""
         values: dict[str, Any] = {}
         for name, kind in _FIELD_TYPES.items():
             value = document.get(name)
-            values[name] = value if isinstance(value, kind) else kind()
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, kind) and not isinstance(value, bool) and value != "":
+                values[name] = value
+            else:
+                default = GgufInfo.__dataclass_fields__[name].default
+                values[name] = kind() if default is MISSING else default
         return cls(**values)
 
 
+_TYPES: dict[object, type] = {"int": int, int: int, "float": float, float: float}
 _FIELD_TYPES: dict[str, type] = {
-    name: (int if field.type in ("int", int) else str)
-    for name, field in GgufInfo.__dataclass_fields__.items()
+    name: _TYPES.get(field.type, str) for name, field in GgufInfo.__dataclass_fields__.items()
 }
 
 
@@ -115,6 +137,8 @@ def _info(reader: Any, path: Path, size: int) -> GgufInfo:
         raise GgufError(f"{path} is truncated: it has {size} bytes, its tensors need {needed}")
     fields = reader.fields
     architecture = _text(fields, "general.architecture") or "unknown"
+    file_type = _text(fields, "general.type")[:MAX_TYPE_CHARS] or MODEL
+    adapter = file_type == ADAPTER
 
     def arch_int(key: str) -> int:
         return _integer(fields, f"{architecture}.{key}")
@@ -134,6 +158,9 @@ def _info(reader: Any, path: Path, size: int) -> GgufInfo:
         head_count_kv=arch_int("attention.head_count_kv"),
         key_length=arch_int("attention.key_length"),
         value_length=arch_int("attention.value_length"),
+        file_type=file_type,
+        adapter_type=_text(fields, "adapter.type")[:MAX_TYPE_CHARS] if adapter else "",
+        lora_alpha=_number(fields, "adapter.lora.alpha") if adapter else 0.0,
     )
 
 
@@ -158,6 +185,16 @@ def _integer(fields: Any, key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return 0
+
+
+def _number(fields: Any, key: str) -> float:
+    """A finite number; 0.0 when absent or anything else (JSON holds no NaN)."""
+    value = _value(fields, key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    return 0.0
 
 
 def _quantization(fields: Any, tensors: Any) -> str:

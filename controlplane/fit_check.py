@@ -21,8 +21,8 @@ DISK_FREE = "outpost_disk_free_bytes"
 class Requirement:
     memory_bytes: int  # system memory: the weights and KV cache left on the CPU, plus overhead
     vram_bytes: int  # the offloaded layers' weights and KV cache
-    disk_bytes: int  # the model file
-    weights_bytes: int
+    disk_bytes: int  # the model file and its adapters' files
+    weights_bytes: int  # the model's and its adapters'
     kv_cache_bytes: int
 
 
@@ -37,10 +37,18 @@ class Capacity:
 
 
 def requirement(
-    info: GgufInfo, size_bytes: int, *, context_length: int, gpu_layers: int
+    info: GgufInfo,
+    size_bytes: int,
+    *,
+    context_length: int,
+    gpu_layers: int,
+    adapter_bytes: int = 0,
 ) -> Requirement:
-    """llama.cpp keeps the weights of layers not offloaded, and their KV cache, in memory."""
+    """llama.cpp keeps the weights of layers not offloaded, and their KV cache, in memory.
+    LoRA adapters (`adapter_bytes`, their files' sizes) go where the layers they change go:
+    counted as more weights."""
     kv = kv_cache_bytes(info, context_length)
+    size_bytes += adapter_bytes
     layers = info.block_count + 1  # the output layer counts as one more
     offloaded = layers if gpu_layers < 0 else min(gpu_layers, layers)
     share = offloaded / layers if layers > 0 else (1.0 if gpu_layers != 0 else 0.0)

@@ -1,4 +1,5 @@
-"""Registry models assigned to an agent, a site or a label selector; folded into desired states."""
+"""Registry models (with LoRA adapters) assigned to an agent, a site or a label selector; folded
+into desired states."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from common.control import ModelAssignment
+from common.control import AdapterAssignment, ModelAssignment
 from common.errors import Conflict, InsufficientResources, InvalidArgument, NotFound
 from common.telemetry import Sample
 from controlplane.audit import AuditLog, check_actor
@@ -19,6 +20,7 @@ from controlplane.db.database import Database
 from controlplane.db.models import Agent, ModelAssignmentRecord, RegisteredModel, utcnow
 from controlplane.desired_state import (
     CONTEXT_LENGTH_RANGE,
+    MAX_ADAPTERS,
     QUEUE_DEPTH_RANGE,
     DesiredStates,
     check_agent_id,
@@ -40,6 +42,15 @@ class ServingParameters:
     gpu_layers: int = 0
     threads: int = 0
     queue_depth: int = 16
+    # LoRA adapters served with the model: the name requests use ("alias:name") -> a registry
+    # reference to an adapter for the model's architecture; at most MAX_ADAPTERS
+    adapters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssignedAdapter:
+    name: str  # requests name it "alias:name"
+    adapter: RegisteredModelView
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class AssignmentView:
     created_by: str
     agents: tuple[str, ...] = ()  # the live agents it applies to now
     fit_unchecked: tuple[str, ...] = field(default=())  # agents that reported no capacity yet
+    adapters: tuple[AssignedAdapter, ...] = ()  # by name
 
 
 @dataclass(frozen=True)
@@ -123,12 +135,20 @@ class ModelAssignments:
         actor: str,
     ) -> AssignmentView:
         """Creates or replaces (same target and alias) an assignment after a fit check on every
-        agent it reaches; raises InsufficientResources naming each agent that cannot hold it."""
+        agent it reaches; raises InsufficientResources naming each agent that cannot hold it.
+        `ref` must be a model and each of `parameters.adapters` an adapter for its architecture
+        (InvalidArgument; NotFound for a reference the registry lacks)."""
         check_actor(actor)
         model = self._registry.get(ref)
+        if model.is_adapter:
+            raise InvalidArgument(
+                f"{model.ref} is a LoRA adapter, not a model: assign the model it is for and "
+                "name the adapter among its adapters"
+            )
         kind, target_text = self._check_target(target_kind, target)
         alias = check_identifier(parameters.alias or model.name[:63], "a model alias")
         _check_parameters(parameters)
+        adapters = self._adapters(model, parameters.adapters)
         with self._db.session() as session:
             reached = [
                 _Reached(a.id, a.name, dict(a.hardware or {}), _holds(a, model.sha256))
@@ -137,8 +157,10 @@ class ModelAssignments:
             ]
         if kind == "agent" and not reached:
             raise NotFound(f"no live agent {target_text}")
-        unchecked = self._fit_check(model, parameters, reached)  # reads telemetry: no lock held
+        # reads telemetry: no lock held
+        unchecked = self._fit_check(model, parameters, reached, adapters)
         with self._db.session() as session:
+            self._lock_adapters(session, adapters)
             agents = [
                 a for a in self._live_agents(session) if _matches_target(kind, target_text, a)
             ]
@@ -168,6 +190,7 @@ class ModelAssignments:
             record.gpu_layers = parameters.gpu_layers
             record.threads = parameters.threads
             record.queue_depth = parameters.queue_depth
+            record.adapters = {a.name: a.adapter.id for a in adapters}
             record.created_at, record.created_by = self._clock(), actor
             session.add(record)
             try:
@@ -183,6 +206,10 @@ class ModelAssignments:
                     "model": model.ref,
                     "sha256": model.sha256,
                     "alias": alias,
+                    "adapters": {
+                        a.name: {"model": a.adapter.ref, "sha256": a.adapter.sha256}
+                        for a in adapters
+                    },
                     "replaced_model_id": before,
                 },
             )
@@ -251,7 +278,8 @@ class ModelAssignments:
     def _models_of(
         session: Session, records: Sequence[ModelAssignmentRecord]
     ) -> dict[int, RegisteredModel]:
-        ids = {r.model_id for r in records}
+        """The models and adapters of `records`, in one query."""
+        ids = {r.model_id for r in records} | {i for r in records for i in _adapter_ids(r)}
         if not ids:
             return {}
         found = session.exec(select(RegisteredModel).where(col(RegisteredModel.id).in_(ids)))
@@ -263,14 +291,74 @@ class ModelAssignments:
         for agent in agents:
             self._desired.refresh_registry_models(session, agent.id, actor=actor)
 
+    def _adapters(self, model: RegisteredModelView, given: object) -> tuple[AssignedAdapter, ...]:
+        """Each named adapter looked up and checked against `model`, by name."""
+        if not isinstance(given, Mapping):
+            raise InvalidArgument("adapters must map adapter names to registry references")
+        if len(given) > MAX_ADAPTERS:
+            raise InvalidArgument(
+                f"at most {MAX_ADAPTERS} adapters per model are allowed, got {len(given)}"
+            )
+        for name in given:
+            check_identifier(name, "an adapter name")
+        found = []
+        for name, ref in sorted(given.items()):
+            if not isinstance(ref, str) or not ref:
+                raise InvalidArgument(
+                    f"adapter {name}: give its registry reference (name, name@version or "
+                    "sha256:<hex>)"
+                )
+            try:
+                adapter = self._registry.get(ref)
+            except NotFound:
+                raise NotFound(f"adapter {name}: no registered adapter {ref}") from None
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"adapter {name}: {exc}") from None
+            if not adapter.is_adapter:
+                raise InvalidArgument(
+                    f"adapter {name}: {adapter.ref} is a model, not a LoRA adapter"
+                )
+            if adapter.architecture != model.architecture:
+                raise InvalidArgument(
+                    f"adapter {name}: {adapter.ref} is for {adapter.architecture} models but "
+                    f"{model.ref} is a {model.architecture} model"
+                )
+            found.append(AssignedAdapter(name, adapter))
+        return tuple(found)
+
+    @staticmethod
+    def _lock_adapters(session: Session, adapters: Sequence[AssignedAdapter]) -> None:
+        """Share-locks the adapters' rows (PostgreSQL) until the assignment commits: a
+        concurrent deletion either waits and then sees the assignment, or was first and the
+        assignment is refused here. No foreign key covers the adapters column."""
+        if not adapters:
+            return
+        ids = sorted({a.adapter.id for a in adapters})
+        rows = session.exec(
+            select(RegisteredModel.id, RegisteredModel.sha256)
+            .where(col(RegisteredModel.id).in_(ids))
+            .order_by(col(RegisteredModel.id))
+            .with_for_update(read=True)
+        ).all()
+        held = set(rows)
+        gone = [a for a in adapters if (a.adapter.id, a.adapter.sha256) not in held]
+        if gone:
+            names = ", ".join(f"{a.name} ({a.adapter.ref})" for a in gone)
+            raise Conflict(f"adapter(s) {names} were deleted meanwhile; nothing was assigned")
+
     def _fit_check(
-        self, model: RegisteredModelView, parameters: ServingParameters, agents: Sequence[_Reached]
+        self,
+        model: RegisteredModelView,
+        parameters: ServingParameters,
+        agents: Sequence[_Reached],
+        adapters: Sequence[AssignedAdapter] = (),
     ) -> tuple[str, ...]:
         need = requirement(
             model.gguf(),
             model.size_bytes,
             context_length=parameters.context_length,
             gpu_layers=parameters.gpu_layers,
+            adapter_bytes=sum(a.adapter.size_bytes for a in adapters),
         )
         refusals, unchecked = [], []
         for agent in agents:
@@ -320,6 +408,11 @@ class ModelAssignments:
         model = session.get(RegisteredModel, record.model_id)
         assert model is not None
         assert record.id is not None
+        adapters = []
+        for name, adapter_id in sorted((record.adapters or {}).items()):
+            adapter = session.get(RegisteredModel, adapter_id)
+            if adapter is not None:
+                adapters.append(AssignedAdapter(name, RegisteredModelView.of(adapter)))
         return AssignmentView(
             id=record.id,
             model=RegisteredModelView.of(model),
@@ -334,6 +427,7 @@ class ModelAssignments:
             created_by=record.created_by,
             agents=tuple(a.id for a in agents),
             fit_unchecked=tuple(unchecked),
+            adapters=tuple(adapters),
         )
 
 
@@ -360,8 +454,34 @@ def _choose(
             size_bytes=model.size_bytes,
             model_name=model.name,
             model_version=model.version,
+            adapters=_adapter_assignments(record, models),
         )
     return [chosen[a] for a in sorted(chosen)]
+
+
+def _adapter_ids(record: ModelAssignmentRecord) -> list[int]:
+    return [i for i in (record.adapters or {}).values() if isinstance(i, int)]
+
+
+def _adapter_assignments(
+    record: ModelAssignmentRecord, models: Mapping[int, RegisteredModel]
+) -> tuple[AdapterAssignment, ...]:
+    """The record's adapters by name, from their registry rows (one gone is left out: deleting
+    an assigned adapter is refused, so that is a row deleted behind the registry's back)."""
+    adapters = []
+    for name, adapter_id in sorted((record.adapters or {}).items()):
+        adapter = models.get(adapter_id)
+        if adapter is not None:
+            adapters.append(
+                AdapterAssignment(
+                    name=name,
+                    sha256=adapter.sha256,
+                    size_bytes=adapter.size_bytes,
+                    registry_name=adapter.name,
+                    registry_version=adapter.version,
+                )
+            )
+    return tuple(adapters)
 
 
 def _matches_target(kind: str, target: str, agent: Agent) -> bool:

@@ -1,4 +1,5 @@
-"""`ModelRegistry`: GGUF models imported once, stored by sha256, known by name and version."""
+"""`ModelRegistry`: GGUF models and LoRA adapters imported once, stored by sha256, known by name
+and version."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from sqlmodel import Session, col, select
 
 from common.artifacts import MESSAGE_BYTES, ArtifactManifest, format_digest, parse_digest
 from common.errors import Conflict, InvalidArgument, NotFound, Unavailable
-from common.gguf_info import GgufError, GgufInfo, kv_cache_bytes, read_gguf_info
+from common.gguf_info import (
+    ADAPTER,
+    MODEL,
+    GgufError,
+    GgufInfo,
+    kv_cache_bytes,
+    read_gguf_info,
+)
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import ModelAssignmentRecord, RegisteredModel, utcnow
@@ -29,12 +37,14 @@ from controlplane.model_store import BlobTooLarge, ModelStore
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_BYTES = 256 * 1024**3
+KINDS = (MODEL, ADAPTER)
+ADAPTER_TYPES = ("lora",)  # what the agent's engine loads
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
 class RegisteredModelView:
-    """One registered model version, as the registry answers it."""
+    """One registered model (or LoRA adapter) version, as the registry answers it."""
 
     id: int
     name: str
@@ -50,6 +60,13 @@ class RegisteredModelView:
     metadata: Mapping[str, Any]  # everything read from the GGUF header (GgufInfo.metadata())
     created_at: datetime
     created_by: str
+    kind: str = MODEL  # "model" or "adapter"; an adapter's architecture is its base models'
+    adapter_type: str = ""  # adapters: "lora"
+    lora_alpha: float = 0.0  # adapters: adapter.lora.alpha (0: not given)
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == ADAPTER
 
     @property
     def digest(self) -> str:
@@ -85,6 +102,9 @@ class RegisteredModelView:
             metadata=MappingProxyType(dict(record.gguf or {})),
             created_at=record.created_at,
             created_by=record.created_by,
+            kind=ADAPTER if info.is_adapter else MODEL,
+            adapter_type=info.adapter_type,
+            lora_alpha=info.lora_alpha,
         )
 
 
@@ -95,6 +115,26 @@ def name_from_filename(filename: str) -> str:
     if not name:
         raise InvalidArgument(f"cannot make a model name of {filename[:80]!r}: give a name")
     return name
+
+
+def adapters_using(assignment: ModelAssignmentRecord, model_id: int | None) -> list[str]:
+    """The names under which an assignment serves the registered adapter `model_id`."""
+    return sorted(name for name, used in (assignment.adapters or {}).items() if used == model_id)
+
+
+def _check_kind(info: GgufInfo, shown: str) -> None:
+    """A model, or an adapter of a type the agent loads; nothing else GGUF may hold."""
+    if info.file_type not in KINDS:
+        raise InvalidArgument(
+            f"{shown} is a GGUF file of type {info.file_type!r}: only models and LoRA adapters "
+            "can be registered"
+        )
+    if info.is_adapter and info.adapter_type not in ADAPTER_TYPES:
+        found = f"of type {info.adapter_type!r}" if info.adapter_type else "without adapter.type"
+        raise InvalidArgument(
+            f"{shown} is a GGUF adapter {found}: only LoRA adapters (adapter.type 'lora') can "
+            "be registered"
+        )
 
 
 def _file_blocks(path: Path) -> Iterator[bytes]:
@@ -150,6 +190,7 @@ class ModelRegistry:
             info = read_gguf_info(path)
         except GgufError as exc:
             raise InvalidArgument(str(exc)) from None
+        _check_kind(info, str(path))
         if info.size_bytes > self.max_bytes:
             raise BlobTooLarge(
                 f"{path} has {info.size_bytes} bytes; the limit is {self.max_bytes} bytes"
@@ -213,8 +254,8 @@ class ModelRegistry:
         *,
         source: str,
     ) -> RegisteredModelView:
-        """Checks the stored blob is a GGUF model and records it; on any failure the blob
-        goes again unless a record uses it."""
+        """Checks the stored blob is a GGUF model or LoRA adapter and records it; on any
+        failure the blob goes again unless a record uses it."""
         try:
             shown = "the upload" if source == "upload" else source
             try:
@@ -222,6 +263,7 @@ class ModelRegistry:
             except GgufError as exc:
                 message = str(exc).replace(str(self.store.path(manifest.sha256)), shown)
                 raise InvalidArgument(message) from None
+            _check_kind(info, shown)
             with self._lock:
                 return self._record(manifest, info, name, version, actor, source)
         except BaseException:
@@ -272,7 +314,11 @@ class ModelRegistry:
                 )
                 session.add(record)
                 session.flush()
-                detail = {"sha256": manifest.sha256, "size_bytes": manifest.size_bytes}
+                detail = {
+                    "sha256": manifest.sha256,
+                    "size_bytes": manifest.size_bytes,
+                    "kind": info.file_type,
+                }
                 self._audit.record(
                     session,
                     actor=actor,
@@ -302,13 +348,17 @@ class ModelRegistry:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list(self) -> builtins.list[RegisteredModelView]:
-        """Every registered model version, by name, oldest version first."""
+    def list(self, kind: str | None = None) -> builtins.list[RegisteredModelView]:
+        """Every registered model and adapter version (`kind`: only models or only adapters),
+        by name, oldest version first."""
+        if kind is not None and kind not in KINDS:
+            raise InvalidArgument(f"a kind is one of {', '.join(KINDS)}")
         with self._db.session() as session:
             records = session.exec(
                 select(RegisteredModel).order_by(col(RegisteredModel.name), col(RegisteredModel.id))
             ).all()
-            return [RegisteredModelView.of(r) for r in records]
+            views = [RegisteredModelView.of(r) for r in records]
+        return [v for v in views if kind is None or v.kind == kind]
 
     def get(self, ref: str) -> RegisteredModelView:
         """`name` (its newest version), `name@version`, or `sha256:<64 hex>`; NotFound else."""
@@ -347,13 +397,13 @@ class ModelRegistry:
     # -- deleting ----------------------------------------------------------------------------
 
     def delete(self, ref: str, *, actor: str) -> None:
-        """Deletes one model version; Conflict while it is assigned. Its blob goes when no
-        other record has the same sha256."""
+        """Deletes one model or adapter version; Conflict while an assignment uses it. Its blob
+        goes when no other record has the same sha256."""
         check_actor(actor)
         with self._lock:
             try:
                 with self._db.session() as session:
-                    record = self._resolve(session, ref)
+                    record = self._lock_row(session, self._resolve(session, ref))
                     self._refuse_if_assigned(session, record)
                     session.delete(record)
                     session.flush()
@@ -369,16 +419,34 @@ class ModelRegistry:
             self._delete_blob_if_unused(record.sha256)
 
     @staticmethod
+    def _lock_row(session: Session, record: RegisteredModel) -> RegisteredModel:
+        """The row again, locked (PostgreSQL) until the transaction ends: an assignment that
+        names it as an adapter locks it too (no foreign key covers the adapters), so either
+        the assignment sees it gone or the deletion sees the assignment."""
+        locked = session.exec(
+            select(RegisteredModel).where(RegisteredModel.id == record.id).with_for_update()
+        ).one_or_none()
+        if locked is None:
+            raise NotFound(f"no registered model {record.name}@{record.version}")
+        return locked
+
+    @staticmethod
     def _refuse_if_assigned(session: Session, record: RegisteredModel) -> None:
+        """Conflict while an assignment serves it as its model or names it as an adapter."""
         assignments = session.exec(
-            select(ModelAssignmentRecord)
-            .where(ModelAssignmentRecord.model_id == record.id)
-            .order_by(col(ModelAssignmentRecord.id))
+            select(ModelAssignmentRecord).order_by(col(ModelAssignmentRecord.id))
         ).all()
-        if assignments:
-            listed = ", ".join(f"{a.target_kind} {a.target} as {a.alias}" for a in assignments)
+        uses = []
+        for a in assignments:
+            if a.model_id == record.id:
+                uses.append(f"{a.target_kind} {a.target} as {a.alias}")
+            uses += [
+                f"{a.target_kind} {a.target} as {a.alias}:{n}" for n in adapters_using(a, record.id)
+            ]
+        if uses:
+            what = "adapter" if RegisteredModelView.of(record).is_adapter else "model"
             raise Conflict(
-                f"model {record.name}@{record.version} is assigned ({listed}); "
+                f"{what} {record.name}@{record.version} is assigned ({', '.join(uses)}); "
                 "remove those assignments first"
             )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +18,7 @@ from controlplane.api.auth_guard import Access, access
 from controlplane.api.bodies import GPU_LAYERS_RANGE, reject_unknown
 from controlplane.api.views import iso
 from controlplane.auth import Principal
+from controlplane.desired_state import MAX_ADAPTERS
 from controlplane.model_assignments import AssignmentView, ModelAssignments, ServingParameters
 from controlplane.rollouts import rollout_status
 from controlplane.services import ControlPlaneServices
@@ -28,6 +31,7 @@ _PARAMETERS = {
     "threads": (0, 1024),
     "queue_depth": (0, 1024),
 }
+MAX_REF = 200
 
 
 def assignment_view(view: AssignmentView) -> dict[str, Any]:
@@ -41,6 +45,15 @@ def assignment_view(view: AssignmentView) -> dict[str, Any]:
         },
         "target": {"kind": view.target_kind, "value": view.target},
         "alias": view.alias,
+        "adapters": [
+            {
+                "name": a.name,
+                "ref": a.adapter.ref,
+                "sha256": a.adapter.sha256,
+                "size_bytes": a.adapter.size_bytes,
+            }
+            for a in view.adapters
+        ],
         "context_length": view.context_length,
         "gpu_layers": view.gpu_layers,
         "threads": view.threads,
@@ -52,12 +65,47 @@ def assignment_view(view: AssignmentView) -> dict[str, Any]:
     }
 
 
+class _Object(dict[str, Any]):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    document = _Object(pairs)
+    if len(document) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        document.repeated = tuple(sorted(key for key, n in counts.items() if n > 1))
+    return document
+
+
+def _adapters(body: bytes, value: object) -> dict[str, str]:
+    """'adapters': {"<name>": "<registry reference>"}; the names are checked by the service."""
+    if not isinstance(value, dict):
+        raise InvalidArgument("'adapters' must be an object of adapter names to model references")
+    if len(value) > MAX_ADAPTERS:
+        raise InvalidArgument(f"'adapters' has more than {MAX_ADAPTERS} entries")
+    # json.loads keeps the last of repeated keys: read again to refuse a name given twice.
+    repeated = json.loads(body, object_pairs_hook=_object).get("adapters", _Object()).repeated
+    if repeated:
+        names = ", ".join(repr(name[:63]) for name in repeated[:5])
+        raise InvalidArgument(f"'adapters' names adapter(s) more than once: {names}")
+    for name, ref in value.items():
+        if not isinstance(ref, str) or not 1 <= len(ref) <= MAX_REF:
+            raise InvalidArgument(
+                f"'adapters': adapter {name[:63]!r} must name a registered adapter "
+                "(name, name@version or sha256:<hex>)"
+            )
+    return dict(value)
+
+
 def assignment_body(body: bytes) -> tuple[str, str, str | dict[str, str], ServingParameters]:
-    """{"model", exactly one of "agent"/"site"/"selector", "alias"?, serving parameters?}"""
+    """{"model", exactly one of "agent"/"site"/"selector", "alias"?, "adapters"?, serving
+    parameters?}"""
     document = parse_json_object(body)
-    reject_unknown(document, {"model", "alias", *_TARGETS, *_PARAMETERS})
+    reject_unknown(document, {"model", "alias", "adapters", *_TARGETS, *_PARAMETERS})
     model = document.get("model")
-    if not isinstance(model, str) or not 1 <= len(model) <= 200:
+    if not isinstance(model, str) or not 1 <= len(model) <= MAX_REF:
         raise InvalidArgument("'model' is required: a name, name@version or sha256:<hex>")
     given = [t for t in _TARGETS if t in document]
     if len(given) != 1:
@@ -82,7 +130,8 @@ def assignment_body(body: bytes) -> tuple[str, str, str | dict[str, str], Servin
         if not low <= value <= high:
             raise InvalidArgument(f"'{name}' must be between {low} and {high}, got {value}")
         numbers[name] = value
-    return model, kind, target, ServingParameters(alias=alias, **numbers)
+    adapters = {} if document.get("adapters") is None else _adapters(body, document["adapters"])
+    return model, kind, target, ServingParameters(alias=alias, adapters=adapters, **numbers)
 
 
 def assignment_routes(services: ControlPlaneServices, assignments: ModelAssignments) -> list[Any]:
@@ -90,8 +139,9 @@ def assignment_routes(services: ControlPlaneServices, assignments: ModelAssignme
     async def create_assignment(
         request: Request[Any, Any, Any], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
-        """Assigns a registry model to an agent, a site or a label selector (replacing one of
-        the same target and alias). Refused with 422 and the numbers when it cannot fit."""
+        """Assigns a registry model, with LoRA adapters by name, to an agent, a site or a label
+        selector (replacing one of the same target and alias). Refused with 422 and the numbers
+        when it cannot fit."""
         model, kind, target, parameters = assignment_body(await request.body())
         view = await asyncio.to_thread(
             assignments.assign,

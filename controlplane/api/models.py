@@ -1,4 +1,5 @@
-"""Routes under /api/v1/models: import (streamed upload or host path), list, get, delete."""
+"""Routes under /api/v1/models: import (streamed upload or host path), list, get, delete; of models
+and LoRA adapters alike."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ class UnsupportedMediaType(ApiError):
 
 
 def model_json(model: RegisteredModelView) -> dict[str, Any]:
+    """A model or an adapter ("kind"); an adapter's "architecture" is the one of the models it
+    is for, its "adapter_type" ("lora") and "lora_alpha" are null for models."""
     return {
         "id": model.id,
+        "kind": model.kind,
         "name": model.name,
         "version": model.version,
         "digest": model.digest,
@@ -52,6 +56,8 @@ def model_json(model: RegisteredModelView) -> dict[str, Any]:
         "context_length": model.context_length,
         "license": model.license,
         "chat_template": model.chat_template,
+        "adapter_type": model.adapter_type if model.is_adapter else None,
+        "lora_alpha": model.lora_alpha if model.is_adapter else None,
         "created_at": iso(model.created_at),
         "created_by": model.created_by,
     }
@@ -145,7 +151,8 @@ def model_routes(services: ControlPlaneServices) -> list[Any]:
             default=None, max_length=63, description="its version (default: the next integer)"
         ),
     ) -> dict[str, Any]:
-        """Imports a GGUF model sent as the raw request body (application/octet-stream).
+        """Imports a GGUF model or LoRA adapter sent as the raw request body
+        (application/octet-stream).
 
         The name defaults to the file name of a `Content-Disposition` header.
         """
@@ -171,8 +178,8 @@ def model_routes(services: ControlPlaneServices) -> list[Any]:
     async def import_model_file(
         request: Request[Any, Any, Any], principal: NamedDependency[Principal]
     ) -> dict[str, Any]:
-        """Imports a GGUF file already on the control plane host: {"path", "name"?,
-        "version"?}. Admin only: it reads any file this service can read."""
+        """Imports a GGUF model or LoRA adapter already on the control plane host: {"path",
+        "name"?, "version"?}. Admin only: it reads any file this service can read."""
         _only_query(request, set())
         path, name, version = import_body(await request.body())
 
@@ -187,9 +194,15 @@ def model_routes(services: ControlPlaneServices) -> list[Any]:
 
     @get("/models", opt=access(Access.READ, "model.list"))
     async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """Every registered model version."""
-        _only_query(request, set())
-        return {"models": await asyncio.to_thread(lambda: list(map(model_json, registry.list())))}
+        """Every registered model and adapter version; `?kind=model` or `?kind=adapter`: only
+        those."""
+        _only_query(request, {"kind"})
+        kind = request.query_params.get("kind")
+        return {
+            "models": await asyncio.to_thread(
+                lambda: list(map(model_json, registry.list(kind=kind)))
+            )
+        }
 
     @get("/models/{ref:str}", opt=access(Access.READ, "model.get", MODEL))
     async def get_model(request: Request[Any, Any, Any], ref: str = ref_param) -> dict[str, Any]:
@@ -202,7 +215,7 @@ def model_routes(services: ControlPlaneServices) -> list[Any]:
         principal: NamedDependency[Principal],
         ref: str = ref_param,
     ) -> None:
-        """Deletes a model version; refused (409) while it is assigned."""
+        """Deletes a model or adapter version; refused (409) while an assignment uses it."""
         _only_query(request, set())
         await asyncio.to_thread(registry.delete, ref, actor=principal.name)
 

@@ -45,7 +45,8 @@ def agent_view(agent: Agent) -> dict[str, Any]:
 
 
 def model_view(model: ModelAssignment) -> dict[str, Any]:
-    """A model file set on the agent (`path`) or a registry model (`digest`, name, version)."""
+    """A model file set on the agent (`path`) or a registry model (`digest`, name, version,
+    its LoRA adapters)."""
     view: dict[str, Any] = {
         "alias": model.alias,
         "path": model.path,
@@ -59,6 +60,15 @@ def model_view(model: ModelAssignment) -> dict[str, Any]:
             "size_bytes": model.size_bytes,
             "model": f"{model.model_name}@{model.model_version}",
             "threads": model.threads,
+            "adapters": [
+                {
+                    "name": a.name,
+                    "digest": f"sha256:{a.sha256}",
+                    "size_bytes": a.size_bytes,
+                    "adapter": f"{a.registry_name}@{a.registry_version}",
+                }
+                for a in model.adapters
+            ],
         }
     return view
 

@@ -303,3 +303,6 @@ class ModelAssignmentRecord(SQLModel, table=True):
     queue_depth: int
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=NAME_CHARS)
+    # LoRA adapters served with the model: the name requests use ("alias:name") -> the id of a
+    # registered adapter. No foreign key: deleting one checks these (model_registry.delete).
+    adapters: dict[str, int] = Field(default_factory=dict, sa_type=JSON)

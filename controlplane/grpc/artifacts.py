@@ -1,4 +1,5 @@
-"""The control plane's ArtifactService: registry blobs, each only for agents assigned it."""
+"""The control plane's ArtifactService: registry blobs (models and their LoRA adapters), each only
+for agents assigned it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def registry_artifacts(
     services: ControlPlaneServices, auth: AgentAuthenticator
 ) -> ArtifactServicer:
     """Serves the model registry's blobs over the mutual-TLS port. An agent may fetch an
-    artifact only while its current desired state names it."""
+    artifact only while its current desired state names it: as a model or as an adapter of
+    one."""
 
     def assigned(agent_id: str, sha256: str) -> bool:
-        return any(m.sha256 == sha256 for m in services.desired.current(agent_id).models)
+        return any(
+            m.sha256 == sha256 or any(a.sha256 == sha256 for a in m.adapters)
+            for m in services.desired.current(agent_id).models
+        )
 
     async def authorize(context: grpc.aio.ServicerContext, sha256: str) -> None:
         caller = await auth.authenticate(context, "fetch-artifact")

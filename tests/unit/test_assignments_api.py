@@ -20,6 +20,7 @@ from controlplane.model_registry import RegisteredModelView
 from controlplane.services import ControlPlaneServices
 from tests.unit.test_controlplane_api import enroll
 from tests.unit.test_model_assignments import SIZE, add_model
+from tests.unit.test_model_assignments_adapters import LORA_BYTES, add_adapter
 
 MAX_REQUEST_BYTES = 16 * 1024
 API = "/api/v1"
@@ -29,6 +30,7 @@ VIEW_FIELDS = {
     "model",
     "target",
     "alias",
+    "adapters",
     "context_length",
     "gpu_layers",
     "threads",
@@ -150,6 +152,7 @@ def test_create_answers_201_with_the_assignment(api: Api, model: RegisteredModel
     assert (view["alias"], view["context_length"], view["gpu_layers"]) == ("smol", 2048, 0)
     assert (view["threads"], view["queue_depth"]) == (2, 4)
     assert (view["agents"], view["fit_unchecked"]) == ([agent], [agent])
+    assert view["adapters"] == []
     assert view["created_by"] == "operator-user"
     assert view["created_at"].endswith("Z")
     assert api.assignments() == [{**view, "fit_unchecked": []}]
@@ -497,3 +500,113 @@ def test_revoked_agents_leave_the_rollout(api: Api, model: RegisteredModelView) 
     assert len(api.rollouts()) == 2
     api.services.fleet.revoke(gone, actor="admin")
     assert [r["agent_id"] for r in api.rollouts()] == [kept]
+
+
+# -- LoRA adapters -----------------------------------------------------------------------------
+
+
+def test_an_assignment_with_adapters(api: Api, model: RegisteredModelView) -> None:
+    agent = enroll(api.services, site="hq")
+    sql = add_adapter(api.services, "sql-lora")
+    poems = add_adapter(api.services, "poems", size=3 * MiB)
+    response = api.assign(
+        model="smollm2",
+        agent=agent,
+        alias="chat",
+        adapters={"sql": "sql-lora@1", "poet": f"sha256:{poems.sha256}"},
+    )
+    assert response.status_code == 201, response.text
+    view = response.json()
+    assert view["adapters"] == [
+        {"name": "poet", "ref": "poems@1", "sha256": poems.sha256, "size_bytes": 3 * MiB},
+        {"name": "sql", "ref": "sql-lora@1", "sha256": sql.sha256, "size_bytes": LORA_BYTES},
+    ]
+    assert api.assignments() == [{**view, "fit_unchecked": []}]
+    [wanted] = api.services.desired.current(agent).models
+    assert [(a.name, a.sha256) for a in wanted.adapters] == [
+        ("poet", poems.sha256),
+        ("sql", sql.sha256),
+    ]
+    state = api.call("GET", f"/agents/{agent}/desired-state", Role.VIEWER).json()
+    assert state["models"][0]["adapters"] == [
+        {
+            "name": "poet",
+            "digest": f"sha256:{poems.sha256}",
+            "size_bytes": 3 * MiB,
+            "adapter": "poems@1",
+        },
+        {
+            "name": "sql",
+            "digest": f"sha256:{sql.sha256}",
+            "size_bytes": LORA_BYTES,
+            "adapter": "sql-lora@1",
+        },
+    ]
+    # The adapters are listed among the models, and kept while assigned.
+    kinds = {m["name"]: m["kind"] for m in api.call("GET", "/models").json()["models"]}
+    assert kinds == {"smollm2": "model", "sql-lora": "adapter", "poems": "adapter"}
+    message = error(api.call("DELETE", "/models/sql-lora"), 409)
+    assert message == (
+        f"adapter sql-lora@1 is assigned (agent {agent} as chat:sql); "
+        "remove those assignments first"
+    )
+    # Assigning again without them drops them.
+    again = api.assign(model="smollm2", agent=agent, alias="chat", adapters={})
+    assert (again.status_code, again.json()["adapters"]) == (201, [])
+    assert api.services.desired.current(agent).models[0].adapters == ()
+    assert api.call("DELETE", "/models/sql-lora").status_code == 204
+
+
+def test_unknown_adapters_are_404(api: Api, model: RegisteredModelView) -> None:
+    agent = enroll(api.services)
+    add_adapter(api.services)
+    for ref in ("nosuch", "sql@7", f"sha256:{'0' * 64}"):
+        response = api.assign(model="smollm2", agent=agent, adapters={"x": ref})
+        assert error(response, 404) == f"adapter x: no registered adapter {ref}"
+    assert api.assignments() == []
+
+
+@pytest.mark.parametrize(
+    ("adapters", "message"),
+    [
+        (["sql"], "'adapters' must be an object of adapter names to model references"),
+        ("sql", "'adapters' must be an object"),
+        ({"q": 5}, "'adapters': adapter 'q' must name a registered adapter"),
+        ({"q": None}, "'adapters': adapter 'q' must name a registered adapter"),
+        ({"q": ""}, "'adapters': adapter 'q' must name a registered adapter"),
+        ({"q": "x" * 201}, "'adapters': adapter 'q' must name a registered adapter"),
+        ({f"a{i}": "sql" for i in range(17)}, "'adapters' has more than 16 entries"),
+        ({"two words": "sql"}, "an adapter name must be 1 to 63 characters"),
+        ({"a:b": "sql"}, "an adapter name must be"),
+        ({"": "sql"}, "an adapter name must be"),
+        ({"q": "sha256:abc"}, "adapter q: "),
+        ({"q": "smollm2"}, "adapter q: smollm2@1 is a model, not a LoRA adapter"),
+        ({"q": "gpt2-lora@1"}, "adapter q: gpt2-lora@1 is for gpt2 models but smollm2@1 is"),
+    ],
+)
+def test_bad_adapters_are_400_and_change_nothing(
+    api: Api, model: RegisteredModelView, adapters: Any, message: str
+) -> None:
+    agent = enroll(api.services, site="hq")
+    add_adapter(api.services)
+    add_adapter(api.services, "gpt2-lora", architecture="gpt2")
+    assert message in error(api.assign(model="smollm2", site="hq", adapters=adapters), 400)
+    assert api.assignments() == []
+    assert api.services.desired.current(agent).generation == 0
+
+
+def test_an_adapter_name_given_twice_is_400(api: Api, model: RegisteredModelView) -> None:
+    enroll(api.services, site="hq")
+    add_adapter(api.services)
+    body = b'{"model": "smollm2", "site": "hq", "adapters": {"q": "sql", "q": "sql@1"}}'
+    response = api.call("POST", "/assignments", content=body)
+    assert error(response, 400) == "'adapters' names adapter(s) more than once: 'q'"
+    assert api.assignments() == []
+
+
+def test_an_adapter_cannot_be_assigned_as_the_model(api: Api) -> None:
+    enroll(api.services, site="hq")
+    add_adapter(api.services)
+    message = error(api.assign(model="sql", site="hq"), 400)
+    assert message.startswith("sql@1 is a LoRA adapter, not a model")
+    assert api.assignments() == []

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 
 from common.errors import InvalidArgument
 from controlplane.db.database import Database
-from controlplane.db.models import Agent, Certificate
+from controlplane.db.models import Agent, Certificate, ModelAssignmentRecord
 from tests.postgres import PostgresServer
 
 _names = itertools.count()
@@ -82,6 +82,42 @@ def test_revisions_form_one_chain_from_the_first_table_on() -> None:
     for revision in revisions:
         assert revision.path is not None
         assert "import sqlmodel" in Path(revision.path).read_text(encoding="utf-8")
+
+
+def test_assignments_made_before_adapters_get_none(empty_database: Database) -> None:
+    """Revision b5d2e8f41c07 adds model_assignments.adapters: rows already there get {}."""
+    db = empty_database
+    db.migrate("7c1e5a9d3b20")
+    now = datetime.now(UTC)
+    with db.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO models (id, name, version, sha256, size_bytes, chunk_size, "
+                "chunk_sha256, gguf, created_at, created_by) VALUES (1, 'm', '1', :sha, 10, 10, "
+                "'[]', '{}', :now, 'test')"
+            ),
+            {"sha": "0" * 64, "now": now},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO model_assignments (id, model_id, target_kind, target, alias, "
+                "context_length, gpu_layers, threads, queue_depth, created_at, created_by) "
+                "VALUES (1, 1, 'site', 'hq', 'm', 4096, 0, 0, 16, :now, 'test')"
+            ),
+            {"now": now},
+        )
+    db.migrate()
+    assert differences(db, SQLModel.metadata) == []
+    with db.session() as session:
+        row = session.get(ModelAssignmentRecord, 1)
+        assert row is not None
+        assert row.adapters == {}
+        row.adapters = {"sql": 1}
+        session.add(row)
+    with db.session() as session:
+        row = session.get(ModelAssignmentRecord, 1)
+        assert row is not None
+        assert row.adapters == {"sql": 1}
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

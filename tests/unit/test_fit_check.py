@@ -52,6 +52,23 @@ def test_kv_cache_and_overhead_on_the_cpu_only() -> None:
     assert 256 * MiB == OVERHEAD_BYTES
 
 
+def test_adapters_count_as_weights_where_their_layers_go() -> None:
+    adapters = 30 * MiB
+    need = requirement(SMOL, SIZE, context_length=4096, gpu_layers=0, adapter_bytes=adapters)
+    assert need == Requirement(
+        memory_bytes=SIZE + adapters + KV_4096 + OVERHEAD_BYTES,
+        vram_bytes=0,
+        disk_bytes=SIZE + adapters,
+        weights_bytes=SIZE + adapters,
+        kv_cache_bytes=KV_4096,
+    )
+    offloaded = requirement(SMOL, SIZE, context_length=4096, gpu_layers=-1, adapter_bytes=adapters)
+    assert (offloaded.vram_bytes, offloaded.memory_bytes) == (
+        SIZE + adapters + KV_4096,
+        OVERHEAD_BYTES,
+    )
+
+
 def test_the_kv_cache_grows_with_the_context() -> None:
     small = requirement(SMOL, SIZE, context_length=512, gpu_layers=0)
     large = requirement(SMOL, SIZE, context_length=8192, gpu_layers=0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from common.gguf_info import GgufError, GgufInfo, head_dims, kv_cache_bytes, read_gguf_info
+from tests.lora_adapters import make_lora_adapter, wrong_architecture_adapter
 
 DEMO_MODEL_BYTES = 98_362_432
 
@@ -34,6 +35,34 @@ def write_gguf(
         writer.add_file_type(file_type)
     writer.add_tensor("a.weight", np.zeros(32, dtype=np.float32))
     writer.add_tensor("b.weight", np.zeros((4, 8), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_adapter(
+    path: Path,
+    *,
+    architecture: str = "llama",
+    general_type: str | None = "adapter",
+    adapter_type: str | None = "lora",
+    alpha: float | None = 16.0,
+    seed: int = 0,
+) -> Path:
+    """A small GGUF LoRA adapter (one A and B pair; `seed` makes different files); a key given
+    as None is left out."""
+    writer = gguf.GGUFWriter(path, architecture)
+    if general_type is not None:
+        writer.add_string(gguf.Keys.General.TYPE, general_type)
+    if adapter_type is not None:
+        writer.add_string(gguf.Keys.Adapter.TYPE, adapter_type)
+    if alpha is not None:
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    rng = np.random.default_rng(seed)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", rng.random((2, 64), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", rng.random((64, 2), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -120,6 +149,59 @@ def test_metadata_round_trips(demo_model: Path) -> None:
     assert GgufInfo.from_metadata(document) == info
     partial = GgufInfo.from_metadata({"architecture": "qwen2", "block_count": "not a number"})
     assert (partial.architecture, partial.block_count, partial.license) == ("qwen2", 0, "")
+
+
+def test_the_demo_model_is_a_model(demo_model: Path) -> None:
+    info = read_gguf_info(demo_model)
+    assert (info.file_type, info.is_adapter, info.adapter_type, info.lora_alpha) == (
+        "model",
+        False,
+        "",
+        0.0,
+    )
+
+
+def test_a_lora_adapter_for_the_demo_model(demo_model: Path, tmp_path: Path) -> None:
+    path = make_lora_adapter(demo_model, tmp_path / "lora.gguf", seed=3, alpha=8.0)
+    info = read_gguf_info(path)
+    assert (info.file_type, info.is_adapter, info.adapter_type) == ("adapter", True, "lora")
+    assert (info.architecture, info.lora_alpha) == ("llama", 8.0)
+    assert (info.size_bytes, info.quantization) == (path.stat().st_size, "F16")
+    # rank 4 A and B for attn_q (576 x 576) and attn_v (576 x 192) in each of the 30 blocks
+    assert info.parameters == 30 * 4 * ((576 + 576) + (576 + 192))
+    # No context nor shape of its own: nothing to estimate a KV cache from.
+    assert (info.context_length, info.block_count, info.head_count) == (0, 0, 0)
+    assert kv_cache_bytes(info, 4096) == 0
+    assert (info.chat_template, info.license) == ("", "")
+    assert GgufInfo.from_metadata(info.metadata()) == info
+    other = read_gguf_info(wrong_architecture_adapter(demo_model, tmp_path / "gpt2.gguf"))
+    assert (other.architecture, other.file_type) == ("gpt2", "adapter")
+
+
+def test_adapter_fields_missing_or_odd(tmp_path: Path) -> None:
+    bare = read_gguf_info(write_adapter(tmp_path / "bare.gguf", adapter_type=None, alpha=None))
+    assert (bare.file_type, bare.adapter_type, bare.lora_alpha) == ("adapter", "", 0.0)
+    odd = read_gguf_info(write_adapter(tmp_path / "nan.gguf", alpha=float("nan")))
+    assert odd.lora_alpha == 0.0  # a stored document holds no NaN
+    other = read_gguf_info(write_adapter(tmp_path / "imatrix.gguf", general_type="imatrix"))
+    assert (other.file_type, other.is_adapter, other.adapter_type) == ("imatrix", False, "")
+    # adapter.* keys of a file that says it is a model are not read
+    model = read_gguf_info(write_adapter(tmp_path / "model.gguf", general_type="model"))
+    assert (model.file_type, model.adapter_type, model.lora_alpha) == ("model", "", 0.0)
+    untyped = read_gguf_info(write_adapter(tmp_path / "untyped.gguf", general_type=None))
+    assert untyped.file_type == "model"  # a file without general.type is a model
+
+
+def test_metadata_stored_before_adapters_reads_as_a_model() -> None:
+    old = GgufInfo.from_metadata({"architecture": "llama", "context_length": 8192})
+    assert (old.file_type, old.adapter_type, old.lora_alpha) == ("model", "", 0.0)
+    adapter = GgufInfo.from_metadata(
+        {"architecture": "llama", "file_type": "adapter", "adapter_type": "lora", "lora_alpha": 8}
+    )
+    assert (adapter.is_adapter, adapter.lora_alpha) == (True, 8.0)
+    for alpha in ("8", True, None, [8.0]):
+        assert GgufInfo.from_metadata({"file_type": "adapter", "lora_alpha": alpha}).lora_alpha == 0
+    assert GgufInfo.from_metadata({"file_type": ""}).file_type == "model"
 
 
 @pytest.mark.parametrize("content", [b"", b"GG", b"PK\x03\x04 a zip file", b"version: 1\n"])

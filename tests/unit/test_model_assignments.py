@@ -513,6 +513,7 @@ def test_changes_are_audited(services: ControlPlaneServices) -> None:
         "model": "smollm2@1",
         "sha256": model.sha256,
         "alias": "smol",
+        "adapters": {},
         "replaced_model_id": None,
     }
     changes = [e for e in audit(services, "desired_state.") if e.target == f"agent:{agent}"]

@@ -18,7 +18,8 @@ from controlplane.db.models import AuditEvent, ModelAssignmentRecord, Registered
 from controlplane.model_registry import ModelRegistry, name_from_filename
 from controlplane.model_store import BlobTooLarge, ModelStore
 from controlplane.services import ControlPlaneServices
-from tests.unit.test_gguf_info import copy_prefix, write_gguf
+from tests.lora_adapters import make_lora_adapter, wrong_architecture_adapter
+from tests.unit.test_gguf_info import copy_prefix, write_adapter, write_gguf
 
 ADMIN = "admin-user"
 
@@ -50,7 +51,13 @@ def audit_actions(db: Database) -> list[tuple[str, str]]:
         return [(e.action, e.target) for e in events]
 
 
-def assign(db: Database, model_id: int, target: str, alias: str = "smol") -> None:
+def assign(
+    db: Database,
+    model_id: int,
+    target: str,
+    alias: str = "smol",
+    adapters: dict[str, int] | None = None,
+) -> None:
     with db.session() as session:
         session.add(
             ModelAssignmentRecord(
@@ -64,6 +71,7 @@ def assign(db: Database, model_id: int, target: str, alias: str = "smol") -> Non
                 queue_depth=16,
                 created_at=datetime.now(UTC),
                 created_by=ADMIN,
+                adapters=adapters or {},
             )
         )
 
@@ -113,6 +121,106 @@ def test_import_the_demo_model_as_a_stream(registry: ModelRegistry, demo_model: 
 async def _async_blocks(path: Path) -> AsyncIterator[bytes]:
     for block in file_blocks(path):
         yield block
+
+
+# -- LoRA adapters ------------------------------------------------------------------------
+
+
+def test_import_a_lora_adapter_for_the_demo_model(
+    registry: ModelRegistry, database: Database, demo_model: Path, tmp_path: Path
+) -> None:
+    path = make_lora_adapter(demo_model, tmp_path / "sql-lora.gguf", seed=1)
+    adapter = registry.import_file(path, actor=ADMIN)
+    assert (adapter.name, adapter.version, adapter.kind) == ("sql-lora", "1", "adapter")
+    assert (adapter.architecture, adapter.adapter_type, adapter.lora_alpha) == ("llama", "lora", 8)
+    assert adapter.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert adapter.size_bytes == path.stat().st_size
+    assert (adapter.context_length, adapter.chat_template, adapter.quantization) == (0, "", "F16")
+    assert registry.manifest(adapter.sha256) == manifest_of_file(path)
+    # Names, versions and refs work as for models; the same bytes are the same record.
+    again = registry.import_stream(file_blocks(path, 65536), filename=path.name, actor=ADMIN)
+    assert again == adapter
+    other = make_lora_adapter(demo_model, tmp_path / "other.gguf", seed=2)
+    second = asyncio.run(
+        registry.import_stream_async(_async_blocks(other), name="sql-lora", actor=ADMIN)
+    )
+    assert (second.version, second.kind) == ("2", "adapter")
+    assert registry.get("sql-lora") == second
+    assert registry.get(f"sha256:{adapter.sha256}") == adapter
+    model = registry.import_file(write_gguf(tmp_path / "tiny.gguf"), actor=ADMIN)
+    assert model.kind == "model"
+    assert registry.list(kind="adapter") == [adapter, second]
+    assert registry.list(kind="model") == [model]
+    assert [m.ref for m in registry.list()] == ["sql-lora@1", "sql-lora@2", "tiny@1"]
+    with database.session() as session:
+        events = session.exec(select(AuditEvent).order_by(col(AuditEvent.id))).all()
+    assert [(e.target, e.detail["kind"]) for e in events] == [
+        ("model:sql-lora@1", "adapter"),
+        ("model:sql-lora@2", "adapter"),
+        ("model:tiny@1", "model"),
+    ]
+
+
+def test_an_adapter_for_another_architecture_is_imported_as_such(
+    registry: ModelRegistry, demo_model: Path, tmp_path: Path
+) -> None:
+    path = wrong_architecture_adapter(demo_model, tmp_path / "gpt2-lora.gguf")
+    adapter = registry.import_file(path, actor=ADMIN)
+    assert (adapter.kind, adapter.architecture) == ("adapter", "gpt2")
+
+
+ONLY_LORA = "only LoRA adapters (adapter.type 'lora') can be registered"
+
+
+@pytest.mark.parametrize(
+    ("general_type", "adapter_type", "message"),
+    [
+        ("imatrix", "lora", "is a GGUF file of type 'imatrix': only models and LoRA adapters "),
+        ("adapter", "control_vector", f"is a GGUF adapter of type 'control_vector': {ONLY_LORA}"),
+        ("adapter", None, f"is a GGUF adapter without adapter.type: {ONLY_LORA}"),
+    ],
+)
+def test_gguf_files_that_are_neither_model_nor_lora_are_refused(
+    registry: ModelRegistry,
+    tmp_path: Path,
+    general_type: str,
+    adapter_type: str | None,
+    message: str,
+) -> None:
+    path = write_adapter(
+        tmp_path / "odd.gguf", general_type=general_type, adapter_type=adapter_type
+    )
+    with pytest.raises(InvalidArgument) as refusal:
+        registry.import_file(path, actor=ADMIN)
+    assert str(refusal.value).startswith(f"{path} {message}")
+    with pytest.raises(InvalidArgument) as refusal:
+        registry.import_stream(file_blocks(path), name="odd", actor=ADMIN)
+    assert str(refusal.value).startswith(f"the upload {message}")
+    assert left_in_store(registry) == []
+    assert registry.list() == []
+
+
+def test_delete_is_refused_while_an_assignment_names_the_adapter(
+    registry: ModelRegistry, database: Database, tmp_path: Path
+) -> None:
+    model = registry.import_file(write_gguf(tmp_path / "tiny.gguf"), actor=ADMIN)
+    adapter = registry.import_file(write_adapter(tmp_path / "lora.gguf"), actor=ADMIN)
+    assign(database, model.id, "agent-1", adapters={"sql": adapter.id, "also": adapter.id})
+    assign(database, model.id, "agent-2", alias="plain")
+    with pytest.raises(Conflict) as refused:
+        registry.delete("lora", actor=ADMIN)
+    assert str(refused.value) == (
+        "adapter lora@1 is assigned (agent agent-1 as smol:also, agent agent-1 as smol:sql); "
+        "remove those assignments first"
+    )
+    assert store_of(registry).has(adapter.sha256)
+    with database.session() as session:
+        for row in session.exec(select(ModelAssignmentRecord)).all():
+            if row.target == "agent-1":
+                session.delete(row)
+    registry.delete("lora@1", actor=ADMIN)
+    assert registry.list(kind="adapter") == []
+    assert not store_of(registry).has(adapter.sha256)
 
 
 # -- content addressing, names and versions ----------------------------------------------

@@ -19,13 +19,15 @@ from controlplane.auth import Role
 from controlplane.db.database import Database
 from controlplane.db.models import ModelAssignmentRecord
 from controlplane.services import ControlPlaneServices
-from tests.unit.test_gguf_info import copy_prefix, write_gguf
+from tests.lora_adapters import make_lora_adapter
+from tests.unit.test_gguf_info import copy_prefix, write_adapter, write_gguf
 
 MAX_REQUEST_BYTES = 16 * 1024  # the app's limit for every other route
 API = "/api/v1"
 OCTETS = {"Content-Type": "application/octet-stream"}
 VIEW_FIELDS = {
     "id",
+    "kind",
     "name",
     "version",
     "digest",
@@ -37,6 +39,8 @@ VIEW_FIELDS = {
     "context_length",
     "license",
     "chat_template",
+    "adapter_type",
+    "lora_alpha",
     "created_at",
     "created_by",
 }
@@ -103,6 +107,7 @@ def test_upload_the_demo_model_then_find_it_every_way(api: Api, demo_model: Path
     assert model["digest"] == f"sha256:{sha}"
     assert model["size_bytes"] == 98_362_432
     assert (model["architecture"], model["quantization"]) == ("llama", "Q4_1")
+    assert (model["kind"], model["adapter_type"], model["lora_alpha"]) == ("model", None, None)
     assert model["context_length"] == 8192
     assert "<|im_start|>" in model["chat_template"]
     assert (model["license"], model["created_by"]) == ("apache-2.0", "operator-user")
@@ -131,6 +136,44 @@ def test_import_the_demo_model_by_path(api: Api, demo_model: Path) -> None:
     assert again.json() == model  # content addressed: the same record
     assert len(api.call("GET", "/models").json()["models"]) == 1
     assert len([f for f in api.left_in_store() if f.startswith("blobs/")]) == 2  # blob, manifest
+
+
+def test_upload_a_lora_adapter_and_list_by_kind(
+    api: Api, demo_model: Path, tiny: Path, tmp_path: Path
+) -> None:
+    path = make_lora_adapter(demo_model, tmp_path / "sql.gguf", seed=5)
+    disposition = {"Content-Disposition": 'attachment; filename="sql-lora.gguf"'}
+    response = api.upload(blocks(path, 100_000), headers=disposition)
+    assert response.status_code == 201, response.text
+    adapter = response.json()
+    assert set(adapter) == VIEW_FIELDS
+    assert (adapter["name"], adapter["version"], adapter["kind"]) == ("sql-lora", "1", "adapter")
+    assert (adapter["architecture"], adapter["adapter_type"], adapter["lora_alpha"]) == (
+        "llama",
+        "lora",
+        8.0,
+    )
+    assert adapter["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (adapter["size_bytes"], adapter["context_length"]) == (path.stat().st_size, 0)
+    by_path = api.call("POST", "/models/import", json={"path": str(path), "name": "sql-lora"})
+    assert (by_path.status_code, by_path.json()) == (201, adapter)
+    model = api.upload(tiny.read_bytes(), "?name=tiny").json()
+    assert model["kind"] == "model"
+    listed = api.call("GET", "/models", Role.VIEWER).json()["models"]
+    assert listed == [adapter, model]
+    for kind, expected in (("adapter", [adapter]), ("model", [model])):
+        answer = api.call("GET", f"/models?kind={kind}", Role.VIEWER)
+        assert answer.json() == {"models": expected}, kind
+    assert api.call("GET", "/models/sql-lora@1", Role.VIEWER).json() == adapter
+    assert "a kind is one of model, adapter" in error(api.call("GET", "/models?kind=lora"), 400)
+    assert "more than once" in error(api.call("GET", "/models?kind=model&kind=adapter"), 400)
+
+
+def test_an_adapter_of_another_type_is_refused(api: Api, tmp_path: Path) -> None:
+    path = write_adapter(tmp_path / "vector.gguf", adapter_type="control_vector")
+    message = error(api.upload(path.read_bytes(), "?name=vector"), 400)
+    assert message.startswith("the upload is a GGUF adapter of type 'control_vector'")
+    assert api.left_in_store() == []
 
 
 def test_the_file_name_of_an_upload_names_the_model(api: Api, tiny: Path) -> None:
@@ -173,10 +216,20 @@ def test_delete_is_refused_while_assigned(api: Api, tiny: Path) -> None:
     refused = api.call("DELETE", "/models/tiny@1", Role.OPERATOR)
     assert "site berlin as smol" in error(refused, 409)
     assert api.call("GET", "/models/tiny").status_code == 200
+    adapter = api.upload(write_adapter(tiny.with_name("a.gguf")).read_bytes(), "?name=a").json()
+    with api.services.db.session() as session:
+        row = session.exec(select(ModelAssignmentRecord)).one()
+        row.adapters = {"sql": adapter["id"]}
+        session.add(row)
+    refused = api.call("DELETE", "/models/a", Role.OPERATOR)
+    assert error(refused, 409) == (
+        "adapter a@1 is assigned (site berlin as smol:sql); remove those assignments first"
+    )
     with api.services.db.session() as session:
         for row in session.exec(select(ModelAssignmentRecord)).all():
             session.delete(row)
     assert api.call("DELETE", "/models/tiny@1", Role.OPERATOR).status_code == 204
+    assert api.call("DELETE", "/models/a", Role.OPERATOR).status_code == 204
 
 
 def test_delete_removes_the_record_and_the_blob(api: Api, tiny: Path) -> None:
