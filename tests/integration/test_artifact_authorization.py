@@ -27,6 +27,7 @@ from outpost.v1 import control_pb2_grpc as cpb_grpc
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.integration.test_control_plane_bad_input import Enrolled, ca_pem, enroll, mtls_channel
 from tests.unit.test_controlplane_api import enroll as enroll_row
+from tests.unit.test_gguf_info import write_adapter
 
 MALFORMED = ["", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65, "sha256:" + "0" * 64]
 
@@ -63,6 +64,17 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sha256(services: ControlPlaneServices, model_file: Path) -> str:
     return services.models.import_file(model_file, name="blob", actor="test").sha256
+
+
+@pytest.fixture(scope="module")
+def adapter_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small GGUF LoRA adapter for the model's architecture (llama)."""
+    return write_adapter(tmp_path_factory.mktemp("adapter") / "lora.gguf", seed=11)
+
+
+@pytest.fixture(scope="module")
+def adapter_sha256(services: ControlPlaneServices, adapter_file: Path) -> str:
+    return services.models.import_file(adapter_file, name="blob-lora", actor="test").sha256
 
 
 def enroll_agent(cp: RunningControlPlane, site: str = "") -> Enrolled:
@@ -195,6 +207,55 @@ def test_site_and_selector_assignments_authorize_their_agents(
         by_selector = assign(services, "selector", f"zone={zone}")
         assert get_manifest(channel, sha256).size_bytes == model_file.stat().st_size
         services.assignments.unassign(by_selector, actor="t")
+
+
+def test_an_assigned_adapter_may_be_fetched_by_its_agent_only(
+    cp: RunningControlPlane,
+    services: ControlPlaneServices,
+    adapter_file: Path,
+    sha256: str,
+    adapter_sha256: str,
+) -> None:
+    owner, other = enroll_agent(cp), enroll_agent(cp)
+    view = services.assignments.assign(
+        "blob",
+        target_kind="agent",
+        target=owner.agent_id,
+        parameters=ServingParameters("blob", adapters={"sql": "blob-lora"}),
+        actor="t",
+    )
+    plain = assign(services, "agent", other.agent_id)  # the model, without the adapter
+    try:
+        [wanted] = services.desired.current(owner.agent_id).models
+        assert [(a.name, a.sha256) for a in wanted.adapters] == [("sql", adapter_sha256)]
+        with mtls_channel(cp, owner.key_pem, owner.certificate_pem) as channel:
+            manifest = manifest_from_pb(get_manifest(channel, adapter_sha256))
+            assert manifest == manifest_of_file(adapter_file)
+            assert fetch(channel, adapter_sha256) == adapter_file.read_bytes()
+            assert get_manifest(channel, sha256).sha256 == sha256  # and its model
+        with mtls_channel(cp, other.key_pem, other.certificate_pem) as channel:
+            assert get_manifest(channel, sha256).sha256 == sha256
+            for call in (
+                lambda: get_manifest(channel, adapter_sha256),
+                lambda: fetch(channel, adapter_sha256),
+            ):
+                error = refusal(call)
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert f"is not assigned to agent {other.agent_id}" in error.details()
+        # Assigned again without the adapter: the owner may no longer fetch it.
+        services.assignments.assign(
+            "blob",
+            target_kind="agent",
+            target=owner.agent_id,
+            parameters=ServingParameters("blob"),
+            actor="t",
+        )
+        with mtls_channel(cp, owner.key_pem, owner.certificate_pem) as channel:
+            error = refusal(lambda: fetch(channel, adapter_sha256))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        services.assignments.unassign(view.id, actor="t")
+        services.assignments.unassign(plain, actor="t")
 
 
 def test_a_revoked_agent_is_refused_even_when_assigned(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlmodel import col, select
 
-from common.control import DesiredState, ModelAssignment
+from common.control import AdapterAssignment, DesiredState, ModelAssignment
 from common.errors import InvalidArgument, NotFound
 from controlplane.db.database import Database
 from controlplane.db.models import Agent, AuditEvent, DesiredStateRecord
@@ -212,4 +212,55 @@ def test_invalid_labels_are_refused(
 ) -> None:
     with pytest.raises(InvalidArgument):
         set_labels(database, desired, labels)
+    assert desired.current(AGENT).generation == 0
+
+
+# -- LoRA adapters of registry models ----------------------------------------------------------
+
+LORA = AdapterAssignment("sql", "b" * 64, 468_992, "sql-lora", "1")
+REGISTRY = ModelAssignment(
+    alias="chat",
+    sha256="a" * 64,
+    size_bytes=98_362_432,
+    model_name="smollm2",
+    model_version="1",
+    adapters=(replace(LORA, name="poet", sha256="c" * 64), LORA),
+)
+
+
+def test_adapters_survive_the_stored_json(database: Database, desired: DesiredStates) -> None:
+    plain = DesiredStates(database)  # no registry resolver: the models are stored as given
+    state = set_models(database, plain, [REGISTRY, SMOL])
+    assert state.models == (REGISTRY, SMOL)
+    assert plain.current(AGENT) == state
+    with database.session() as session:
+        record = session.exec(select(DesiredStateRecord)).one()
+    assert record.spec["models"][0]["adapters"][1] == {
+        "name": "sql",
+        "sha256": "b" * 64,
+        "size_bytes": 468_992,
+        "registry_name": "sql-lora",
+        "registry_version": "1",
+    }
+    assert record.spec["models"][1]["adapters"] == []
+
+
+BAD_ADAPTERS = {
+    "on a path model": [replace(SMOL, adapters=(LORA,))],
+    "bad name": [replace(REGISTRY, adapters=(replace(LORA, name="a:b"),))],
+    "empty name": [replace(REGISTRY, adapters=(replace(LORA, name=""),))],
+    "duplicate name": [replace(REGISTRY, adapters=(LORA, replace(LORA, sha256="c" * 64)))],
+    "bad sha256": [replace(REGISTRY, adapters=(replace(LORA, sha256="B" * 64),))],
+    "no size": [replace(REGISTRY, adapters=(replace(LORA, size_bytes=0),))],
+    "too many": [replace(REGISTRY, adapters=tuple(replace(LORA, name=f"a{i}") for i in range(17)))],
+    "not an adapter": [replace(REGISTRY, adapters=("sql",))],  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("models", BAD_ADAPTERS.values(), ids=BAD_ADAPTERS.keys())
+def test_invalid_adapters_are_refused(
+    database: Database, desired: DesiredStates, models: list[ModelAssignment]
+) -> None:
+    with pytest.raises(InvalidArgument):
+        set_models(database, DesiredStates(database), models)
     assert desired.current(AGENT).generation == 0

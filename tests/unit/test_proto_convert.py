@@ -211,3 +211,40 @@ def test_telemetry_sample_with_an_impossible_time_reads_as_ancient() -> None:
     message = cpb.TelemetryBatch(samples=[cpb.TelemetrySample(seq=1, collected_at_ms=2**62)])
     (item,) = telemetry_batch_from_pb(message).samples
     assert item.sample.collected_at == datetime.min.replace(tzinfo=UTC)
+
+
+def test_a_desired_state_with_adapters_round_trips() -> None:
+    from types import MappingProxyType
+
+    from common.control import AdapterAssignment, DesiredState, ModelAssignment
+    from common.proto_convert import desired_state_from_pb, desired_state_to_pb
+    from outpost.v1 import control_pb2 as cpb
+
+    adapters = (
+        AdapterAssignment("poet", "a" * 64, 3 * 1024**2, "poems", "2"),
+        AdapterAssignment("sql", "b" * 64, 468_992, "sql-lora", "1"),
+    )
+    state = DesiredState(
+        generation=12,
+        models=(
+            ModelAssignment(
+                alias="smol",
+                context_length=2048,
+                gpu_layers=-1,
+                queue_depth=8,
+                sha256="c" * 64,
+                size_bytes=98_362_432,
+                model_name="smollm2",
+                model_version="1",
+                threads=4,
+                adapters=adapters,
+            ),
+            ModelAssignment(alias="local", path="/models/local.gguf"),
+        ),
+        labels=MappingProxyType({"tier": "gold"}),
+    )
+    wire_bytes = desired_state_to_pb(state).SerializeToString()
+    decoded = desired_state_from_pb(cpb.DesiredState.FromString(wire_bytes))
+    assert decoded == state
+    assert decoded.models[0].adapters == adapters
+    assert decoded.models[1].adapters == ()
