@@ -35,7 +35,9 @@ def add_model_commands(
 ) -> None:
     models = commands.add_parser("models", help="model registry and assignments")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    imported = actions.add_parser("import", parents=[common], help="upload a GGUF model file")
+    imported = actions.add_parser(
+        "import", parents=[common], help="upload a GGUF model or LoRA adapter file"
+    )
     imported.add_argument("path", type=Path)
     imported.add_argument("--name", help="registry name (default: from the file name)")
     imported.add_argument("--version", help="version (default: the next number)")
@@ -44,11 +46,12 @@ def add_model_commands(
         action="store_true",
         help="PATH is on the control plane host: import it there (admin) instead of uploading",
     )
-    actions.add_parser("list", parents=[common], help="list registered models")
+    listed = actions.add_parser("list", parents=[common], help="list registered models, adapters")
+    listed.add_argument("--kind", choices=("model", "adapter"), help="only models or adapters")
     actions.add_parser("show", parents=[common], help="show one model").add_argument("ref")
-    actions.add_parser("delete", parents=[common], help="delete an unassigned model").add_argument(
-        "ref"
-    )
+    actions.add_parser(
+        "delete", parents=[common], help="delete an unassigned model or adapter"
+    ).add_argument("ref")
     assign = actions.add_parser(
         "assign", parents=[common], help="serve a model on an agent, a site or labelled agents"
     )
@@ -64,6 +67,13 @@ def add_model_commands(
     assign.add_argument("--gpu-layers", type=int, help="-1: all")
     assign.add_argument("--threads", type=int, help="0: one per core")
     assign.add_argument("--queue-depth", type=int)
+    assign.add_argument(
+        "--adapter",
+        type=adapter_pair,
+        action="append",
+        metavar="NAME=REF",
+        help="serve a registered LoRA adapter with the model, requested as ALIAS:NAME; repeatable",
+    )
     actions.add_parser("assignments", parents=[common], help="list assignments")
     unassign = actions.add_parser("unassign", parents=[common], help="remove an assignment")
     unassign.add_argument("assignment_id", type=int)
@@ -79,16 +89,17 @@ def run_model_command(client: Client, args: argparse.Namespace) -> None:
     elif args.action == "import":
         _import(client, args)
     elif args.action == "list":
-        models = client.call("GET", "/models")["models"]
+        models = client.call("GET", "/models", kind=args.kind)["models"]
         if args.json:
             print_json(models)
             return
         table(
-            ("NAME", "VERSION", "DIGEST", "SIZE", "ARCH", "QUANT", "CONTEXT", "CREATED"),
+            ("NAME", "VERSION", "KIND", "DIGEST", "SIZE", "ARCH", "QUANT", "CONTEXT", "CREATED"),
             [
                 [
-                    *(m["name"], m["version"], m["digest"][:19], _size(m["size_bytes"])),
-                    *(m["architecture"], m["quantization"], m["context_length"], m["created_at"]),
+                    *(m["name"], m["version"], m["kind"], m["digest"][:19]),
+                    *(_size(m["size_bytes"]), m["architecture"], m["quantization"]),
+                    *(m["context_length"], m["created_at"]),
                 ]
                 for m in models
             ],
@@ -113,6 +124,13 @@ def run_model_command(client: Client, args: argparse.Namespace) -> None:
         client.call("DELETE", f"/assignments/{args.assignment_id}")
         if not args.json:
             print(f"removed assignment {args.assignment_id}")
+
+
+def adapter_pair(text: str) -> tuple[str, str]:
+    name, sep, ref = text.partition("=")
+    if not sep or not name or not ref:
+        raise argparse.ArgumentTypeError(f"invalid adapter {text!r}: use NAME=REF")
+    return name, ref
 
 
 def _ref(ref: str) -> str:
@@ -148,11 +166,14 @@ def _import(client: Client, args: argparse.Namespace) -> None:
             )
     if args.json:
         print_json(model)
-    else:
-        print(
-            f"imported {clean(model['name'])}@{clean(model['version'])} "
-            f"({clean(model['digest'])}, {_size(model['size_bytes'])})"
-        )
+        return
+    what = ""
+    if model.get("kind") == "adapter":
+        what = f"LoRA adapter for {clean(model['architecture'])} models "
+    print(
+        f"imported {what}{clean(model['name'])}@{clean(model['version'])} "
+        f"({clean(model['digest'])}, {_size(model['size_bytes'])})"
+    )
 
 
 def _progress(*, show: bool) -> Progress:
@@ -182,6 +203,11 @@ def _assign(client: Client, args: argparse.Namespace) -> None:
     for name in ("alias", "context_length", "gpu_layers", "threads", "queue_depth"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
+    if args.adapter:
+        adapters = dict(args.adapter)
+        if len(adapters) != len(args.adapter):
+            raise UsageError("an adapter name is given twice")
+        body["adapters"] = adapters
     view = client.call("POST", "/assignments", body)
     if args.json:
         print_json(view)
@@ -192,6 +218,11 @@ def _assign(client: Client, args: argparse.Namespace) -> None:
         f"{clean(view['alias'])} on {clean(view['target']['kind'])} "
         f"{clean(view['target']['value'])} ({len(view['agents'])} agent(s) now)"
     )
+    for adapter in view.get("adapters", []):
+        print(
+            f"  adapter {clean(view['alias'])}:{clean(adapter['name'])}: "
+            f"{clean(adapter['ref'])} (sha256:{clean(adapter['sha256'])[:12]})"
+        )
     if view["fit_unchecked"]:
         print(
             "not checked for fit (no capacity reported yet): "
@@ -206,7 +237,7 @@ def _assignments(client: Client, args: argparse.Namespace) -> None:
         print_json(views)
         return
     table(
-        ("ID", "MODEL", "ALIAS", "TARGET", "CONTEXT", "AGENTS"),
+        ("ID", "MODEL", "ALIAS", "TARGET", "CONTEXT", "AGENTS", "ADAPTERS"),
         [
             [
                 v["id"],
@@ -215,6 +246,7 @@ def _assignments(client: Client, args: argparse.Namespace) -> None:
                 f"{v['target']['kind']}:{v['target']['value']}",
                 v["context_length"],
                 len(v["agents"]),
+                ",".join(f"{a['name']}={a['ref']}" for a in v.get("adapters", [])),
             ]
             for v in views
         ],

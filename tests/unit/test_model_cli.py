@@ -20,11 +20,12 @@ from controlplane.auth import Role
 from controlplane.services import ControlPlaneServices
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.unit.test_controlplane_api import enroll
-from tests.unit.test_gguf_info import write_gguf
+from tests.unit.test_gguf_info import write_adapter, write_gguf
 
 DEMO_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEMO_BYTES = 98_362_432
 _CONTEXTS = itertools.count(1000)  # each tiny model a different file
+_SEEDS = itertools.count(100)  # each tiny adapter a different file
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,15 @@ def tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str], cp: RunningCo
     return name
 
 
+def tiny_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cp: RunningControlPlane, **fields: Any
+) -> dict[str, Any]:
+    """A small LoRA adapter for llama models, imported under a fresh name; its JSON view."""
+    name = f"lora-{uuid.uuid4().hex[:8]}"
+    path = write_adapter(tmp_path / f"{name}.gguf", seed=next(_SEEDS), **fields)
+    return dict(ok_json(capsys, cp, "models", "import", str(path)))
+
+
 @pytest.fixture(scope="module")
 def demo_import(cp: RunningControlPlane, demo_model: Path) -> tuple[int, dict[str, Any], str]:
     """`outpost models import` of the demo model: status, the JSON it printed, stderr."""
@@ -111,11 +121,11 @@ def test_list_and_show(
     assert demo == demo_import[1]
     table = ok(capsys, cp, "models", "list")
     assert table.splitlines()[0].split() == [
-        *("NAME", "VERSION", "DIGEST", "SIZE", "ARCH", "QUANT", "CONTEXT", "CREATED")
+        *("NAME", "VERSION", "KIND", "DIGEST", "SIZE", "ARCH", "QUANT", "CONTEXT", "CREATED")
     ]
     row = next(line for line in table.splitlines() if line.startswith("smollm2 "))
-    assert row.split()[:7] == [
-        *("smollm2", "1", f"sha256:{DEMO_SHA256[:12]}", "93.8", "MiB", "llama", "Q4_1")
+    assert row.split()[:8] == [
+        *("smollm2", "1", "model", f"sha256:{DEMO_SHA256[:12]}", "93.8", "MiB", "llama", "Q4_1")
     ]
     for ref in ("smollm2", "smollm2@1", f"sha256:{DEMO_SHA256}"):
         assert ok_json(capsys, cp, "models", "show", ref) == demo
@@ -182,6 +192,31 @@ def test_a_file_that_is_not_gguf_is_refused(
     assert len(ok_json(capsys, cp, "models", "list")) == before
 
 
+def test_import_and_list_adapters(
+    cp: RunningControlPlane, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_adapter(tmp_path / "SQL lora.gguf", seed=next(_SEEDS), alpha=32.0)
+    out = ok(capsys, cp, "models", "import", str(path))
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert out == f"imported LoRA adapter for llama models SQL-lora@1 ({digest}, 1.3 KiB)\n"
+    adapter = ok_json(capsys, cp, "models", "show", "SQL-lora")
+    assert (adapter["kind"], adapter["architecture"]) == ("adapter", "llama")
+    assert (adapter["adapter_type"], adapter["lora_alpha"]) == ("lora", 32.0)
+    shown = ok(capsys, cp, "models", "show", "SQL-lora").splitlines()
+    assert "kind:             adapter" in shown
+    assert "lora_alpha:       32.0" in shown
+    adapters = ok_json(capsys, cp, "models", "list", "--kind", "adapter")
+    assert adapter in adapters
+    assert {m["kind"] for m in adapters} == {"adapter"}
+    models = ok_json(capsys, cp, "models", "list", "--kind", "model")
+    assert models
+    assert {m["kind"] for m in models} == {"model"}
+    assert len(ok_json(capsys, cp, "models", "list")) == len(adapters) + len(models)
+    table = ok(capsys, cp, "models", "list", "--kind", "adapter").splitlines()
+    row = next(line.split() for line in table if line.startswith("SQL-lora "))
+    assert row[:8] == ["SQL-lora", "1", "adapter", digest[:19], "1.3", "KiB", "llama", "F32"]
+
+
 # -- assignments and rollouts ----------------------------------------------------------------
 
 
@@ -239,9 +274,11 @@ def test_assign_to_an_agent_a_site_and_a_selector(
     assert set(ids) <= set(listed)
     assert listed[by_selector["id"]]["agents"] == [gold]
     table = ok(capsys, cp, "models", "assignments")
-    assert table.splitlines()[0].split() == ["ID", "MODEL", "ALIAS", "TARGET", "CONTEXT", "AGENTS"]
+    assert table.splitlines()[0].split() == [
+        *("ID", "MODEL", "ALIAS", "TARGET", "CONTEXT", "AGENTS", "ADAPTERS")
+    ]
     row = next(line.split() for line in table.splitlines() if line.startswith(f"{ids[2]} "))
-    assert row == [str(ids[2]), f"{name}@1", "eu", "selector:tier=gold,zone=eu", "4096", "1"]
+    assert row == [str(ids[2]), f"{name}@1", "eu", "selector:tier=gold,zone=eu", "4096", "1", "-"]
 
     for assignment_id in ids:
         assert ok(capsys, cp, "models", "unassign", str(assignment_id)) == (
@@ -251,6 +288,81 @@ def test_assign_to_an_agent_a_site_and_a_selector(
     status, _, err = run(capsys, *admin(cp, "models", "unassign", str(ids[0])))
     assert status == 1
     assert f"no model assignment {ids[0]}" in err
+
+
+def test_assign_with_adapters(
+    cp: RunningControlPlane,
+    services: ControlPlaneServices,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = tiny_model(tmp_path, capsys, cp)
+    sql, poems = tiny_adapter(tmp_path, capsys, cp), tiny_adapter(tmp_path, capsys, cp)
+    agent = enroll(services, "adapters-1")
+    argv = ["models", "assign", name, "--agent", agent, "--alias", "chat"]
+    sql_ref, poems_ref = f"{sql['name']}@1", poems["digest"]
+    view = ok_json(capsys, cp, *argv, "--adapter", f"sql={sql_ref}", "--adapter", f"p={poems_ref}")
+    assert view["adapters"] == [
+        {
+            "name": "p",
+            "ref": f"{poems['name']}@1",
+            "sha256": poems["sha256"],
+            "size_bytes": poems["size_bytes"],
+        },
+        {"name": "sql", "ref": sql_ref, "sha256": sql["sha256"], "size_bytes": sql["size_bytes"]},
+    ]
+    [wanted] = services.desired.current(agent).models
+    assert [(a.name, a.sha256) for a in wanted.adapters] == [
+        ("p", poems["sha256"]),
+        ("sql", sql["sha256"]),
+    ]
+    listed = {a["id"]: a for a in ok_json(capsys, cp, "models", "assignments")}
+    assert listed[view["id"]] == {**view, "fit_unchecked": []}
+    table = ok(capsys, cp, "models", "assignments").splitlines()
+    row = next(line.split() for line in table if line.startswith(f"{view['id']} "))
+    assert row[-1] == f"p={poems['name']}@1,sql={sql_ref}"
+    # Without --json it says what it assigned, adapters included.
+    out = ok(capsys, cp, *argv, "--adapter", f"sql={sql_ref}")
+    assert out.splitlines()[1:] == [f"  adapter chat:sql: {sql_ref} (sha256:{sql['sha256'][:12]})"]
+    # An assigned adapter cannot be deleted.
+    status, out, err = run(capsys, *admin(cp, "models", "delete", sql_ref))
+    assert (status, out) == (1, "")
+    assert err.strip() == (
+        f"outpost: error: adapter {sql_ref} is assigned (agent {agent} as chat:sql); "
+        "remove those assignments first"
+    )
+    ok(capsys, cp, "models", "unassign", str(view["id"]))
+    assert ok(capsys, cp, "models", "delete", sql_ref) == f"deleted model {sql_ref}\n"
+
+
+def test_adapter_refusals_exit_1_with_the_message(
+    cp: RunningControlPlane,
+    services: ControlPlaneServices,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = tiny_model(tmp_path, capsys, cp)
+    lora = tiny_adapter(tmp_path, capsys, cp)["name"]
+    gpt2 = tiny_adapter(tmp_path, capsys, cp, architecture="gpt2")["name"]
+    agent = enroll(services, "adapters-2")
+    many = [f"--adapter=a{i}={lora}" for i in range(17)]
+    for argv, message in [
+        (["--adapter", "x=nosuch"], "adapter x: no registered adapter nosuch"),
+        (["--adapter", f"x={name}"], f"adapter x: {name}@1 is a model, not a LoRA adapter"),
+        (["--adapter", f"x={gpt2}"], f"adapter x: {gpt2}@1 is for gpt2 models but {name}@1 is"),
+        (["--adapter", f"a b={lora}"], "an adapter name must be 1 to 63 characters"),
+        (["--adapter", f"a:b={lora}"], "an adapter name must be"),
+        (many, "'adapters' has more than 16 entries"),
+    ]:
+        status, out, err = run(
+            capsys, *admin(cp, "models", "assign", name, "--agent", agent, *argv)
+        )
+        assert (status, out) == (1, ""), argv
+        assert message in err, (argv, err)
+    status, _, err = run(capsys, *admin(cp, "models", "assign", lora, "--agent", agent))
+    assert status == 1
+    assert f"{lora}@1 is a LoRA adapter, not a model" in err
+    assert services.desired.current(agent).models == ()
 
 
 def test_rollout_status(
@@ -374,6 +486,14 @@ def test_server_side_refusals_exit_1_with_the_message(
         (["models", "assign", "m", "--selector", "=gold"], "invalid label '=gold'"),
         (["models", "assign", "m", "--selector", "k=a", "--selector", "k=b"], "given twice"),
         (["models", "assign", "m", "--site", "s", "--context-length", "big"], "invalid int"),
+        (["models", "assign", "m", "--site", "s", "--adapter", "sql"], "invalid adapter 'sql'"),
+        (["models", "assign", "m", "--site", "s", "--adapter", "=x"], "invalid adapter '=x'"),
+        (["models", "assign", "m", "--site", "s", "--adapter", "sql="], "invalid adapter"),
+        (
+            ["models", "assign", "m", "--site", "s", "--adapter", "a=x", "--adapter", "a=y"],
+            "an adapter name is given twice",
+        ),
+        (["models", "list", "--kind", "lora"], "invalid choice: 'lora'"),
         (["models", "assign"], "required: model"),
         (["models", "unassign", "abc"], "invalid int"),
         (["models", "unassign"], "required: assignment_id"),
