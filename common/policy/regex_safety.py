@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,6 +23,7 @@ from common.policy.regex_structure import (
 MAX_PATTERN_CHARS = 512
 PROBE_TIMEOUT_S = 0.1  # ordinary patterns take microseconds on the probe texts
 PROBE_CHARS = 512  # quadratic searches take ~3 ms on it, cubic ones ~300 ms
+PROBE_BUDGET_S = 0.5  # all probes of one pattern together
 MAX_POSITIONS = 400  # character matchers after counted repeats are unrolled
 MAX_PRODUCT_STEPS = 200_000
 _UNROLL = 8  # {n,m} with both at most this is unrolled exactly; larger counts loop
@@ -69,10 +71,16 @@ def _probe(compiled: regex.Pattern[str], bits: list[int]) -> str | None:
         killer = next((c for c in "!\x00~#" if not used >> UNIVERSE.index(c) & 1), "\x00")
         singles = list(dict.fromkeys(reps))[:12]
         pumps = [*singles, "".join(reps)[:64], *(a + b for a in singles[:4] for b in singles[:4])]
+        deadline = time.monotonic() + PROBE_BUDGET_S
         for pump in dict.fromkeys(p for p in pumps if p):
             body = pump * (PROBE_CHARS // len(pump) + 1)
             for text in (body, body + killer):
                 compiled.search(text, timeout=PROBE_TIMEOUT_S)
+            if time.monotonic() > deadline:
+                return (
+                    f"takes more than {PROBE_BUDGET_S:g} s on crafted {PROBE_CHARS}-character "
+                    "texts (slow backtracking)"
+                )
     except TimeoutError:
         return (
             f"takes more than {PROBE_TIMEOUT_S:g} s on a crafted {PROBE_CHARS}-character text "
