@@ -83,7 +83,11 @@ def parse_policy(text: str | bytes, *, source: str = "policy") -> Policy:
 def load_policy(path: Path) -> Policy:
     """The policy in a file; at most MAX_DOCUMENT_BYTES + 1 are read (OSError as it comes)."""
     with path.open("rb") as file:
-        return parse_policy(file.read(MAX_DOCUMENT_BYTES + 1), source=str(path))
+        data = file.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        message = f"the file has more than {MAX_DOCUMENT_BYTES} bytes"
+        raise PolicyError(str(path), [PolicyProblem("", 0, 0, message)])
+    return parse_policy(data, source=str(path))
 
 
 def _read_policy(f: Fields, root: Node) -> Policy | None:

@@ -171,7 +171,11 @@ class Fields:
             return None
         count = len(node.value)
         if count < min_items:
-            self.error(node, path, "must not be empty" if count == 0 else "has too few items")
+            self.error(
+                node,
+                path,
+                "must not be empty" if count == 0 else f"needs at least {min_items} items",
+            )
             return None
         if count > max_items:
             self.error(node, path, f"has {count} items; at most {max_items} are allowed")
@@ -217,7 +221,8 @@ class Fields:
     def integer(self, node: Node, path: Path, *, minimum: int, maximum: int) -> int | None:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, path, f"expected a whole number, got {type_name(value)}")
+            got = show(value) if isinstance(value, float) else type_name(value)
+            self.error(node, path, f"expected a whole number, got {got}")
             return None
         if not minimum <= value <= maximum:
             self.error(node, path, f"{value} is out of range: {minimum} to {maximum}")

@@ -161,8 +161,9 @@ def test_load_policy_reads_files(tmp_path: Path) -> None:
     path.write_text(MINIMAL)
     assert load_policy(path) == parse_policy(MINIMAL)
     path.write_bytes(b"#" * (MAX_DOCUMENT_BYTES + 10))
-    with pytest.raises(PolicyError, match=str(path)):
+    with pytest.raises(PolicyError) as caught:
         load_policy(path)
+    assert f"{path}: the file has more than 1048576 bytes" in str(caught.value)
 
 
 def test_policy_error_is_an_invalid_argument_with_every_problem_in_order() -> None:
