@@ -276,6 +276,26 @@ def test_an_assigned_adapter_cannot_be_deleted(services: ControlPlaneServices) -
     assert services.models.list() == []
 
 
+def test_an_adapter_deleted_while_it_is_being_assigned_is_not_assigned(
+    services: ControlPlaneServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter is looked up, then the fit check runs outside any transaction: a deletion
+    may land in between. The assignment's transaction finds the row gone and refuses."""
+    agent = enroll(services)
+    add_model(services)
+    add_adapter(services)
+    fit_check = services.assignments._fit_check
+
+    def delete_first(*args: Any) -> tuple[str, ...]:
+        services.models.delete("sql", actor="admin")
+        return fit_check(*args)
+
+    monkeypatch.setattr(services.assignments, "_fit_check", delete_first)
+    with pytest.raises(Conflict, match=r"adapter\(s\) q \(sql@1\) were deleted meanwhile"):
+        assign(services, "smollm2", "agent", agent, adapters={"q": "sql"})
+    assert (assignment_rows(services), generation(services, agent)) == ([], 0)
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 
