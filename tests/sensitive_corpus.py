@@ -330,6 +330,30 @@ _PROSE = (
 )
 
 
+# Chat prose without numbers, codes or code: the cheapest kind of prompt to classify.
+_PLAIN = (
+    "Could you rewrite this paragraph so that it sounds friendlier and less formal?",
+    "Summarise the main arguments of the article in a few short bullet points.",
+    "What are the trade-offs between a monolith and microservices for a small team?",
+    "Please translate the following note into French and keep the polite tone.",
+    "Suggest three names for a bakery that specialises in sourdough bread.",
+    "Explain how a hash map works to someone who has never programmed before.",
+    "Draft an email asking the landlord when the heating will be repaired.",
+    "Which questions should I ask in an interview for a product manager role?",
+)
+
+
+def plain_text(rng: random.Random, size: int) -> str:
+    """About `size` characters of chat prose without digits or code."""
+    parts: list[str] = []
+    length = 0
+    while length < size:
+        sentence = rng.choice(_PLAIN)
+        parts.append(sentence)
+        length += len(sentence) + 1
+    return " ".join(parts)[:size]
+
+
 def prose(rng: random.Random, sentences: int) -> str:
     return " ".join(rng.choice(_PROSE) for _ in range(sentences))
 

@@ -144,12 +144,12 @@ _STRONG_KEYS = (
 _WEAK_KEYS = ("secret", "token", "auth", "credential", "credentials", "authorization")
 # Keys that must not be the end of a longer word ("bypass", "compass", "oauth2token").
 _BOUNDED_KEYS = frozenset(("pass", "pwd", "secret", "token", "auth", "credential", "credentials"))
-# The last three characters of every key: most ":" and "=" in prose fail this set lookup.
-_KEY_ENDINGS = frozenset(k[-3:] for k in _STRONG_KEYS + _WEAK_KEYS)
+# Keys by their last three characters, longest first: most ":" and "=" in prose have no
+# entry here, the others a few keys to compare.
+_KEYS_BY_ENDING: dict[str, tuple[str, ...]] = {}
+for _key in sorted(_STRONG_KEYS + _WEAK_KEYS, key=len, reverse=True):
+    _KEYS_BY_ENDING[_key[-3:]] = (*_KEYS_BY_ENDING.get(_key[-3:], ()), _key)
 _QUOTES_AND_BLANKS = frozenset(" \t\"'`")
-_KEY_REVERSED = re.compile(
-    "|".join(re.escape(k[::-1]) for k in sorted(_STRONG_KEYS + _WEAK_KEYS, key=len, reverse=True))
-)
 _VALUE = re.compile(
     r"[ \t]*(?:\"([^\"\r\n]{0,256})\"|'([^'\r\n]{0,256})'|`([^`\r\n]{0,256})`|([^\s\"'`,;]{1,256}))"
 )
@@ -182,9 +182,9 @@ def _real_value(value: str, *, strong: bool) -> bool:
     variable or a call."""
     value = value.strip().rstrip(".,;:")
     lowered = value.lower()
-    if len(value) < 4 or lowered in _PLACEHOLDERS or set(lowered) <= _MASKED:
+    if len(value) < 4 or lowered in _PLACEHOLDERS or value[0] in "$<%@&":
         return False
-    if value[0] in "$<%@&" or not _CODE_CHARACTERS.isdisjoint(value):
+    if not _CODE_CHARACTERS.isdisjoint(value) or set(lowered) <= _MASKED:
         return False
     if _CODE_REFERENCE.fullmatch(lowered) is not None:  # config.password, os.environ
         return False
@@ -226,7 +226,7 @@ def _assignments(text: PreparedText) -> Iterator[Span]:
         while position != -1:
             if (position > 0 and lowered[position - 1] in _QUOTES_AND_BLANKS) or lowered[
                 max(0, position - 3) : position
-            ] in _KEY_ENDINGS:
+            ] in _KEYS_BY_ENDING:
                 span = _assignment_at(text, position)
                 if span is not None:
                     yield span
@@ -238,14 +238,13 @@ def _assignment_at(text: PreparedText, operator: int) -> Span | None:
     key_end = operator
     while key_end > 0 and operator - key_end < 4 and lowered[key_end - 1] in " \t\"'`":
         key_end -= 1
-    if lowered[max(0, key_end - 3) : key_end] not in _KEY_ENDINGS:
+    for name in _KEYS_BY_ENDING.get(lowered[max(0, key_end - 3) : key_end], ()):
+        key_start = key_end - len(name)
+        if key_start >= 0 and lowered.startswith(name, key_start):
+            break
+    else:
         return None
     length = len(lowered)
-    key = _KEY_REVERSED.match(text.reversed_lowered, length - key_end)
-    if key is None:
-        return None
-    name = key.group()[::-1]
-    key_start = key_end - len(name)
     if name in _BOUNDED_KEYS and key_start > 0 and lowered[key_start - 1].isalnum():
         return None
     if key_start > 0 and lowered[key_start - 1] in "\"'`":  # "api_key": ...

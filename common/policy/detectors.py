@@ -108,10 +108,21 @@ def builtin_detector(kind: str, *, name: str, level: str) -> Detector:
     )
 
 
-# With more keywords than this, the cheap presence check is one word split instead of one
-# substring search per keyword.
-_MAX_SUBSTRING_ANCHORS = 12
+# Each keyword is one search for its literal first characters (as fast as `in`); with more
+# keywords than this, only those whose first word is among the text's words are searched.
+_MAX_KEYWORD_SEARCHES = 12
 _WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyword:
+    pattern: re.Pattern[str]  # starts with the keyword's literal text: a fast search
+    first_word: str | None  # its first part when that is a whole word, for the word filter
+    whole_word_start: bool  # must not follow a word character
+
+
+def _word_character(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 class _KeywordDetector:
@@ -120,7 +131,7 @@ class _KeywordDetector:
     case-sensitive), so zero-width characters, full-width letters and mixed case do not hide a
     word."""
 
-    __slots__ = ("_case_sensitive", "_pattern", "_substrings", "_words", "level", "name")
+    __slots__ = ("_case_sensitive", "_filter_by_words", "_keywords", "level", "name")
 
     def __init__(self, name: str, words: Sequence[str], level: str, case_sensitive: bool) -> None:
         self.name = _check_label("name", name)
@@ -128,8 +139,7 @@ class _KeywordDetector:
         if isinstance(words, str):
             raise TypeError("keyword_detector takes a sequence of words, not one string")
         self._case_sensitive = case_sensitive
-        alternatives: list[str] = []
-        anchors: set[str] = set()
+        keywords: dict[str, _Keyword] = {}
         for word in words:
             if not isinstance(word, str):
                 raise TypeError(f"keywords are strings, not {type(word).__name__}")
@@ -138,35 +148,38 @@ class _KeywordDetector:
             if not parts:
                 raise ValueError(f"detector {name!r}: empty keyword {word!r}")
             body = r"[\s_-]+".join(re.escape(part) for part in parts)
-            before = r"(?<!\w)" if _WORD.match(parts[0][0]) else ""
-            after = r"(?!\w)" if _WORD.match(parts[-1][-1]) else ""
-            alternatives.append(f"{before}{body}{after}")
-            anchors.add(parts[0])
-        if not alternatives:
+            if _WORD.match(parts[-1][-1]):
+                body += r"(?!\w)"
+            keywords[body] = _Keyword(
+                re.compile(body),
+                parts[0] if _WORD.fullmatch(parts[0]) else None,
+                _WORD.match(parts[0][0]) is not None,
+            )
+        if not keywords:
             raise ValueError(f"detector {name!r}: no keywords")
-        alternatives.sort(key=len, reverse=True)
-        self._pattern = re.compile("|".join(alternatives))
-        if len(anchors) > _MAX_SUBSTRING_ANCHORS:
-            self._words = frozenset(a for a in anchors if _WORD.fullmatch(a))
-            self._substrings = tuple(a for a in anchors if a not in self._words)
-        else:
-            self._words = frozenset()
-            self._substrings = tuple(anchors)
-
-    def _scan_from(self, haystack: str) -> int:
-        """Where matching can start: the first keyword's first word, or -1 when none is there."""
-        positions = [p for s in self._substrings if (p := haystack.find(s)) >= 0]
-        if self._words and not self._words.isdisjoint(_WORD.findall(haystack)):
-            return 0
-        return min(positions, default=-1)
+        self._keywords = tuple(keywords.values())
+        self._filter_by_words = len(keywords) > _MAX_KEYWORD_SEARCHES
 
     def find(self, text: PreparedText) -> Iterator[Finding]:
         haystack = text.normalized if self._case_sensitive else text.lowered
-        start = self._scan_from(haystack)
-        if start < 0:
-            return
-        for match in self._pattern.finditer(haystack, start):
-            orig_start, orig_end = text.original_span(*match.span())
+        keywords: Sequence[_Keyword] = self._keywords
+        if self._filter_by_words:
+            present = set(_WORD.findall(haystack))
+            keywords = [k for k in keywords if k.first_word is None or k.first_word in present]
+        spans = []
+        for keyword in keywords:
+            for match in keyword.pattern.finditer(haystack):
+                start = match.start()
+                if keyword.whole_word_start and start > 0 and _word_character(haystack[start - 1]):
+                    continue
+                spans.append(match.span())
+        spans.sort(key=lambda span: (span[0], -span[1]))
+        covered = -1
+        for start, end in spans:
+            if end <= covered:  # inside a longer keyword found at or before its start
+                continue
+            covered = end
+            orig_start, orig_end = text.original_span(start, end)
             yield Finding(self.name, "keyword", self.level, orig_start, orig_end)
 
 

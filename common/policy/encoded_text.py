@@ -13,8 +13,9 @@ _LAST_LINE = re.compile(r"[A-Za-z0-9+/_-]{1,15}={0,2}(?![A-Za-z0-9+/_=-])")
 _PADDING = re.compile(r"={1,2}")
 # Wrapped lines at least this long make a short line after them part of the block.
 _MIN_WRAP_WIDTH = 16
-# Decoding is retried from the 2nd, 3rd and 4th character of runs up to this long (a run may
-# have a word glued before it: "keyNDEx...").
+# A run that does not decode to text, up to this long and not a multiple of four characters
+# long, is decoded again without its first (length % 4) characters: base64 is written in
+# groups of four, so that many may be a word glued before it ("refNDEx...").
 _MAX_REALIGNED_RUN = 512
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13)) + b"\x7f"
 
@@ -32,16 +33,22 @@ def decode_base64_blocks(
     count = len(tokens)
     while index < count:
         start, end = tokens[index]
-        pieces = [normalized[start:end]]
+        first = normalized[start:end]
+        index += 1
+        if first.islower() or first.isdigit() or (first.isalpha() and first.istitle()):
+            # Base64 of text or of a key has capitals; hex digests, UUIDs, snake_case
+            # identifiers and long words have none, or only a first one.
+            continue
+        pieces = [first]
         width = end - start
         while True:
             line_break = _LINE_BREAK.match(normalized, end)
             if line_break is None:
                 break
             following = line_break.end()
-            if index + 1 < count and tokens[index + 1][0] == following:
-                index += 1
+            if index < count and tokens[index][0] == following:
                 end = tokens[index][1]
+                index += 1
                 pieces.append(normalized[following:end])
                 continue
             if width >= _MIN_WRAP_WIDTH:
@@ -55,22 +62,16 @@ def decode_base64_blocks(
         if padding is not None:
             end = padding.end()
             pieces.append(padding.group())
-        index += 1
         payload = "".join(pieces)
-        if payload.islower() or payload.isdigit() or (payload.isalpha() and payload.istitle()):
-            # Base64 of text or of a key has capitals; hex digests, UUIDs, snake_case
-            # identifiers and long words have none, or only a first one.
-            continue
         decoded = _decode(payload)
         if decoded is None:
             continue
         text = _as_text(decoded)
-        if text is None and len(payload) <= _MAX_REALIGNED_RUN:
-            for skip in (1, 2, 3):
-                shifted = _decode(payload[skip:])
-                if shifted is not None and (shifted_text := _as_text(shifted)) is not None:
-                    decoded, text = shifted, shifted_text
-                    break
+        skip = len(payload) % 4
+        if text is None and skip and len(payload) <= _MAX_REALIGNED_RUN:
+            shifted = _decode(payload[skip:])
+            if shifted is not None and (shifted_text := _as_text(shifted)) is not None:
+                decoded, text = shifted, shifted_text
         yield start, end, decoded, text
 
 

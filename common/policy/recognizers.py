@@ -310,31 +310,41 @@ def find_emails(text: PreparedText) -> Iterator[Span]:
         at = normalized.find("@", at + 1)
 
 
-_IBAN_HEAD = re.compile(
-    r"(?<![A-Za-z0-9])[A-Za-z][ \t\r\n\-./\\_]{0,3}[A-Za-z][ \t\r\n\-./\\_]{0,3}\d"
+# Where an IBAN starts, read leftwards from the start of a run of its digits in the reversed
+# class bytes (letters "a", digits "0"): either the run's first two digits are the check digits
+# and the country code is right before it, or the check digits and country code come before
+# up to eight bank-code characters ("GB82 WEST 1234...", "KZ86 125K ZT50 0410...").
+_S = rb"[ \n\r\-./\\_]{0,3}"
+_IBAN_HEAD_BEFORE_CHECK_DIGITS = re.compile(_S + rb"a" + _S + rb"a(?![a0])")
+_IBAN_HEAD_BEFORE_BANK_CODE = re.compile(
+    _S + rb"(?:[a0]" + _S + rb"){0,8}?0" + _S + rb"0" + _S + rb"a" + _S + rb"a(?![a0])"
 )
 _IBAN_SEPARATORS = frozenset(" \t\r\n-./\\_")
 
 
 def find_ibans(text: PreparedText) -> Iterator[Span]:
     """Country code, check digits and BBAN of the country's length, separators allowed
-    anywhere, mod 97 == 1. Looked for before each run of eight or more digits."""
+    anywhere, mod 97 == 1. Looked for before each run of eight or more digits (every IBAN
+    format has one)."""
     normalized = text.normalized
+    reversed_classes = text.memo("reversed classes", lambda: text.classes[::-1])
+    length = len(normalized)
     seen: set[int] = set()
     for run in text.digit_runs():
-        if run.bounds[-1] < 8:  # every IBAN format has a stretch of 8+ digits
+        if run.bounds[-1] < 8:
             continue
-        window_start = max(0, run.start - 48)
-        for head in _IBAN_HEAD.finditer(
-            normalized, window_start, min(len(normalized), run.start + 8)
-        ):
-            start = head.start()
+        for head in (_IBAN_HEAD_BEFORE_CHECK_DIGITS, _IBAN_HEAD_BEFORE_BANK_CODE):
+            match = head.match(reversed_classes, length - run.start)
+            if match is None:
+                continue
+            start = length - match.end()
             if start in seen:
                 continue
             seen.add(start)
             end = _iban_end(normalized, start)
             if end is not None:
                 yield start, end
+                break
 
 
 def _iban_end(normalized: str, start: int) -> int | None:

@@ -165,6 +165,8 @@ IBANS = [
     "MT84MALT011000012345MTLCAST001S",
     "CH9300762011623852957",
     "BE68539007547034",
+    "KZ86125KZT5004100100",  # bank code letters and digits before the account digits
+    "RO49AAAA1B31007593840000",
 ]
 
 
@@ -445,14 +447,32 @@ def test_separators_inside_card_numbers(written: str) -> None:
     assert found(text, "payment_card") == [written]
 
 
-def test_separators_inside_ibans_and_ssns() -> None:
-    for written in ["DE89-3704-0044-0532-0130-00", "DE89.3704.0044.0532.0130.00",
-                    "DE89/3704/0044/0532/0130/00", "D\u200bE\u200b8\u200b9370400440532013000",
-                    "DE89 3704 0044\n0532 0130 00"]:  # fmt: skip
-        assert found(f"iban {written} ok", "iban") == [written]
-    for written in ["123.45.6789", "123/45/6789", "123 45 6789", "1\u200b23-45-67\u200b89",
-                    "1 2 3 4 5 6 7 8 9", "123-45-\n6789"]:  # fmt: skip
-        assert found(f"ssn {written} ok", "us_ssn") == [written]
+IBANS_WRITTEN = (
+    "DE89-3704-0044-0532-0130-00",
+    "DE89.3704.0044.0532.0130.00",
+    "DE89/3704/0044/0532/0130/00",
+    "D\u200bE\u200b8\u200b9370400440532013000",
+    "DE89 3704 0044\n0532 0130 00",
+    "G - B - 8 - 2 - W - E - S - T - 1 2 3 4 5 6 9 8 7 6 5 4 3 2",
+)
+SSNS_WRITTEN = (
+    "123.45.6789",
+    "123/45/6789",
+    "123 45 6789",
+    "1\u200b23-45-67\u200b89",
+    "1 2 3 4 5 6 7 8 9",
+    "123-45-\n6789",
+)
+
+
+@pytest.mark.parametrize("written", IBANS_WRITTEN)
+def test_separators_inside_ibans(written: str) -> None:
+    assert found(f"iban {written} ok", "iban") == [written]
+
+
+@pytest.mark.parametrize("written", SSNS_WRITTEN)
+def test_separators_inside_ssns(written: str) -> None:
+    assert found(f"ssn {written} ok", "us_ssn") == [written]
 
 
 def _digits(zero: str, number: str = "4111111111111111") -> str:
@@ -505,8 +525,9 @@ def test_base64_of_a_private_key_wrapped_over_lines() -> None:
 def test_base64_inside_base64_and_glued_base64() -> None:
     twice = to_base64(to_base64("ssn 123-45-6789"))
     assert found(f"blob {twice} end", "us_ssn") == [twice]
-    glued = "ref" + to_base64("card 4111111111111111")
-    assert found(f"x {glued} y", "payment_card") == [glued]
+    for prefix in ("r", "re", "ref"):  # a word glued before the base64
+        glued = prefix + to_base64("card 4111 1111 1111 1111")
+        assert found(f"x {glued} y", "payment_card") == [glued]
 
 
 def test_base64_decoding_is_limited_in_depth() -> None:
