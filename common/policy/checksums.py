@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 # Luhn: every second digit from the right doubled, digits of the product summed.
 _DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")
 
@@ -29,37 +31,37 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def card_network_matches(digits: str) -> bool:
-    """Whether a number of this length may be a card of a network with this prefix (IIN).
+_ALL_CARD_LENGTHS = (19, 18, 17, 16, 15, 14, 13, 12)
+
+
+@lru_cache(maxsize=10_000)
+def card_lengths(prefix: str) -> tuple[int, ...]:
+    """The lengths, longest first, a card number starting with these four digits may have
+    (its network's, by the IIN): none for a prefix no network uses.
 
     Visa 4 (13, 16, 19 digits); Mastercard 51-55 and 2221-2720 (16); American Express 34, 37
     (15); Diners Club 300-305, 36, 38, 39 (14-19); JCB 3528-3589 (16-19); Discover, UnionPay
     and Maestro 6 (12-19); Maestro 50, 56-59 (12-19). Nothing else (no 0, 1, 7, 8, 9).
     """
-    length = len(digits)
-    if not 12 <= length <= 19:
-        return False
-    first = digits[0]
+    first, two, four = prefix[0], int(prefix[:2]), int(prefix[:4])
     if first == "4":
-        return length in (13, 16, 19)
-    if first == "6":
-        return True
-    two = int(digits[:2])
-    if first == "5":
-        return length == 16 if two <= 55 and two != 50 else True
-    if first == "2":
-        return length == 16 and 2221 <= int(digits[:4]) <= 2720
-    if first == "3":
-        if two in (34, 37):
-            return length == 15
-        if two in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
-            return length >= 14
-        return length >= 16 and 3528 <= int(digits[:4]) <= 3589
-    return False
+        return (19, 16, 13)
+    if first == "6" or two in (50, 56, 57, 58, 59):
+        return _ALL_CARD_LENGTHS
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return (16,)
+    if two in (34, 37):
+        return (15,)
+    if two in (36, 38, 39) or 300 <= int(prefix[:3]) <= 305:
+        return _ALL_CARD_LENGTHS[:-2]
+    if 3528 <= four <= 3589:
+        return _ALL_CARD_LENGTHS[:4]
+    return ()
 
 
-def payment_card_valid(digits: str) -> bool:
-    return card_network_matches(digits) and luhn_valid(digits)
+def card_network_matches(digits: str) -> bool:
+    """Whether a number of this length may be a card of the network its prefix names."""
+    return len(digits) >= 12 and len(digits) in card_lengths(digits[:4])
 
 
 def iban_valid(iban: str) -> bool:

@@ -47,10 +47,11 @@ def find_private_keys(text: PreparedText) -> Iterator[Span]:
     lowered = text.lowered
     private = lowered.find("private")
     covered = -1
+    footers = _Footers(lowered)
     while private != -1:
         if private >= covered:
             for header in _PEM_HEADER.finditer(lowered, max(0, private - 80), private + 48):
-                span = _pem_block(lowered, header)
+                span = _pem_block(lowered, header, footers)
                 if span is not None and span[1] > covered:
                     yield span
                     covered = span[1]
@@ -63,15 +64,37 @@ def find_private_keys(text: PreparedText) -> Iterator[Span]:
             yield start, end
 
 
-def _pem_block(lowered: str, header: re.Match[str]) -> Span | None:
+class _Footers:
+    """The first END ... PRIVATE KEY line after a position, searched for once per footer (not
+    once per header: a prompt of many headers and no footer stays linear)."""
+
+    __slots__ = ("_found", "_lowered", "_none_after")
+
+    def __init__(self, lowered: str) -> None:
+        self._lowered = lowered
+        self._found: re.Match[str] | None = None
+        self._none_after = len(lowered) + 1
+
+    def after(self, position: int) -> re.Match[str] | None:
+        if self._found is not None and self._found.start() >= position:
+            return self._found
+        if position >= self._none_after:
+            return None
+        self._found = _PEM_FOOTER.search(self._lowered, position)
+        if self._found is None:
+            self._none_after = position
+        return self._found
+
+
+def _pem_block(lowered: str, header: re.Match[str], footers: _Footers) -> Span | None:
     dashes = header.group(1) is not None or header.group(3) is not None
     start, end = header.span()
     if header.group(2) == "end":
         return (start, end) if dashes else None
     if not dashes and _PEM_BODY_NEXT.match(lowered, end) is None:
         return None
-    footer = _PEM_FOOTER.search(lowered, end, min(len(lowered), end + _MAX_KEY_BLOCK))
-    if footer is not None:
+    footer = footers.after(end)
+    if footer is not None and footer.end() - end <= _MAX_KEY_BLOCK:
         return start, footer.end()
     body = _PEM_BODY.match(lowered, end, min(len(lowered), end + _MAX_KEY_BLOCK))
     return start, body.end() if body is not None else end
@@ -155,13 +178,13 @@ _VALUE = re.compile(
 )
 _AUTH_SCHEME = re.compile(
     r"[ \t]*[\"']?[ \t]*(?:bearer|basic|token|digest|negotiate|apikey|sso-key)[ \t]+"
-    r"[a-z0-9._~+/=:-]{8,}"
+    r"[a-z0-9._~+/=:-]{8,4096}"
 )
 _PASSWORD_IS = re.compile(
     r"pass(?:word|wd|phrase|code)\s+(?:is|was|will\s+be|would\s+be)\s*:?\s*[\"'“‘]?"
     r"([^\s\"'”’]{4,128})"
 )
-_BEARER = re.compile(r"bearer[ \t]+[a-z0-9._~+/-]{20,}=*")
+_BEARER = re.compile(r"bearer[ \t]+[a-z0-9._~+/-]{20,4096}=*")
 _URL_CREDENTIALS = re.compile(r"://([^\s:/@?#]{1,128}):([^\s/@?#]{1,256})@")
 _PLACEHOLDERS = frozenset(
     (

@@ -19,20 +19,23 @@ MAX_DECODE_DEPTH = 2
 # phrases and tokens, so that nothing found spans two runs by accident.
 _LAYER_SEPARATOR = "\n|\n"
 
-# One byte per character of the normalised text (non-ASCII as "?"), classified:
-# digits -> "0", letters -> "a", space and tab -> " ", controls -> NUL, the rest kept.
-_CLASS_TABLE = bytes(
-    ord("0")
-    if chr(b).isdigit()
-    else ord("a")
-    if chr(b).isalpha()
-    else ord(" ")
-    if chr(b) in " \t"
-    else 0
-    if (b < 0x20 and chr(b) not in "\n\r") or b == 0x7F
-    else b
-    for b in range(128)
-) + bytes(range(128, 256))
+
+def _character_class(byte: int) -> int:
+    """One byte per character of the normalised text (non-ASCII as "?"): digits -> "0",
+    letters -> "a", space and tab -> " ", controls but newlines -> NUL, the rest as it is."""
+    char = chr(byte)
+    if char.isdigit():
+        return ord("0")
+    if char.isalpha():
+        return ord("a")
+    if char in " \t":
+        return ord(" ")
+    if (byte < 0x20 and char not in "\n\r") or byte == 0x7F:
+        return 0
+    return byte
+
+
+_CLASS_TABLE = bytes(_character_class(b) for b in range(128)) + bytes(range(128, 256))
 # Base64 (standard and URL-safe) characters -> "b", everything else -> " ".
 _TOKEN_TABLE = bytes(
     ord("b") if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/-_") else ord(" ")

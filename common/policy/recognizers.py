@@ -15,9 +15,10 @@ from itertools import pairwise
 
 from common.policy.checksums import (
     IBAN_LENGTHS,
+    card_lengths,
     iban_valid,
     ipv4_octets_valid,
-    payment_card_valid,
+    luhn_valid,
     us_ssn_valid,
 )
 from common.policy.credential_recognizers import (
@@ -67,12 +68,13 @@ def find_payment_cards(text: PreparedText) -> Iterator[Span]:
         while i < count and total - bounds[i] >= 12:
             first = bounds[i]
             if digits[first] in "23456" and not (i == 0 and after_plus):
-                low = bisect_left(bounds, first + 12, i + 1)
-                high = bisect_right(bounds, first + 19, i + 1) - 1
-                for j in range(high, low - 1, -1):  # the longest window first
+                for length in card_lengths(digits[first : first + 4]):  # the longest first
+                    j = bisect_left(bounds, first + length, i + 1)
+                    if j > count or bounds[j] != first + length:
+                        continue  # no window of whole groups this long
                     start, end = groups[i][0], groups[j - 1][1]
                     if (
-                        payment_card_valid(digits[first : bounds[j]])
+                        luhn_valid(digits[first : first + length])
                         and not _inside_uuid(normalized, start, end)
                         and not _inside(_iban_spans(text), start, end)
                     ):

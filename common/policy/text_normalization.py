@@ -81,9 +81,13 @@ def _fold_after_nfkc(char: str) -> str:
     return "-" if category == "Pd" else char
 
 
-def _char_map_for(run: str) -> set[str]:
-    """Make sure every character of `run` is in the map; returns the run's distinct characters."""
+def _maps_one_to_one(run: str) -> bool:
+    """Whether each character of `run` maps to exactly one character: then the run can be
+    translated at once. Puts the run's characters in the map first (unless there are too many
+    distinct ones to keep: then False, and the run is normalised character by character)."""
     chars = set(run)
+    if len(chars) > _CHAR_MAP_LIMIT:
+        return False
     missing = [c for c in chars if ord(c) not in _CHAR_MAP]
     if missing:
         if len(_CHAR_MAP) + len(missing) > _CHAR_MAP_LIMIT:
@@ -95,7 +99,7 @@ def _char_map_for(run: str) -> set[str]:
             _CHAR_MAP[ord(char)] = replacement
             if len(replacement) != 1:
                 _IRREGULAR.add(char)
-    return chars
+    return chars.isdisjoint(_IRREGULAR)
 
 
 def normalize_fragment(text: str) -> str:
@@ -196,13 +200,13 @@ def normalize_with_offsets(text: str) -> tuple[str, OffsetMap | None]:
             offsets.add_linear(position, start)
             parts.append(text[position:start])
         run = match.group()
-        if _char_map_for(run).isdisjoint(_IRREGULAR):
+        if _maps_one_to_one(run):
             offsets.add_linear(start, end)
             parts.append(run.translate(_CHAR_MAP))
         else:
             for index, char in enumerate(run, start):
                 replacement = _CHAR_MAP.get(ord(char))
-                if replacement is None:  # the map was cleared meanwhile
+                if replacement is None:  # not kept, or the map was cleared meanwhile
                     replacement = normalize_char(char)
                 if len(replacement) == 1:
                     offsets.add_linear(index, index + 1)

@@ -779,6 +779,7 @@ HOSTILE: dict[str, Callable[[int], str]] = {
     "colons": lambda n: "::1:" * (n // 4),
     "base64-ish": lambda n: "QUJDREVGR0hJSktMTU5PUA== " * (n // 25),
     "pem-headers": lambda n: "-----BEGIN PRIVATE KEY-----" * (n // 27),
+    "pem-headers-apart": lambda n: "-----BEGIN PRIVATE KEY-----!" * (n // 28),
     "assignments": lambda n: "password=" * (n // 9),
     "zero-width-digits": lambda n: "4\u200b" * (n // 2),
 }
