@@ -45,6 +45,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.sensitive_corpus import (  # noqa: E402
+    EVASIVE_VARIANTS,
     KINDS,
     benign_text,
     generate_corpus,
@@ -193,7 +194,7 @@ def accuracy(seed: int, per_kind: int, benign: int) -> tuple[list[Accuracy], Cou
             if kind in prompt.kinds:
                 row.prompts += 1
                 row.found += kind in fired
-                if prompt.variant != "plain":
+                if prompt.variant in EVASIVE_VARIANTS:
                     row.evasive_prompts += 1
                     row.evasive_found += kind in fired
             elif not prompt.kinds:
@@ -222,9 +223,13 @@ def print_accuracy(rows: list[Accuracy], false_positive_variants: Counter[str]) 
     print("| kind | recall | evasive-variant recall | false positives on benign | FPR |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
+        evasive = (
+            f"{r.evasive_found}/{r.evasive_prompts} ({r.evasive_recall:.1%})"
+            if r.evasive_prompts
+            else "none in the corpus"
+        )
         print(
-            f"| {r.kind} | {r.found}/{r.prompts} ({r.recall:.1%}) "
-            f"| {r.evasive_found}/{r.evasive_prompts} ({r.evasive_recall:.1%}) "
+            f"| {r.kind} | {r.found}/{r.prompts} ({r.recall:.1%}) | {evasive} "
             f"| {r.false_positives}/{r.benign} | {r.false_positive_rate:.2%} |"
         )
     if false_positive_variants:

@@ -467,7 +467,28 @@ def _private_key(rng: random.Random) -> tuple[str, str]:
     return pem, variant
 
 
+# The variants written to evade detection (the rest are ordinary ways of writing a value).
+EVASIVE_VARIANTS = frozenset(
+    ("separators", "zero_width", "fullwidth", "digits", "mixed_case", "split", "spaces", "dots",
+     "slashes", "base64", "body_only", "json_escaped")
+)  # fmt: skip
+
+
+def _maybe_evasive(value: str, variant: str, rng: random.Random) -> tuple[str, str]:
+    """Sometimes zero-width characters inside `value`, or `value` in base64."""
+    roll = rng.random()
+    if roll < 0.15:
+        return with_zero_width(value, rng), "zero_width"
+    if roll < 0.3:
+        return to_base64(value, wrap=rng.choice((0, 76))), "base64"
+    return value, variant
+
+
 def _cloud(rng: random.Random) -> tuple[str, str]:
+    return _maybe_evasive(*_cloud_value(rng), rng)
+
+
+def _cloud_value(rng: random.Random) -> tuple[str, str]:
     choice = rng.randrange(4)
     if choice == 0:
         return aws_key_id(rng), "aws_key_id"
@@ -490,6 +511,10 @@ def _cloud(rng: random.Random) -> tuple[str, str]:
 
 
 def _secret(rng: random.Random) -> tuple[str, str]:
+    return _maybe_evasive(*_secret_value(rng), rng)
+
+
+def _secret_value(rng: random.Random) -> tuple[str, str]:
     choice = rng.randrange(8)
     if choice == 0:
         return f"password={password(rng)}", "assignment"
@@ -536,6 +561,7 @@ _ALSO = {
     ("cloud_access_key", "aws_secret"): frozenset({"secret"}),
     ("cloud_access_key", "gcp_service_account"): frozenset({"email"}),  # its client_email
 }
+_ALSO_IN_CONTENT = {"aws_secret_access_key = ": "secret", '"client_email": ': "email"}
 
 
 def sensitive_prompt(kind: str, rng: random.Random) -> LabelledPrompt:
@@ -547,6 +573,10 @@ def sensitive_prompt(kind: str, rng: random.Random) -> LabelledPrompt:
         before = prose(rng, rng.randint(1, 3)) + " " + before
     text = before + value + after
     kinds = frozenset({kind}) | _ALSO.get((kind, variant), frozenset())
+    if kind == "cloud_access_key" and variant in ("zero_width", "base64"):  # what it evades
+        plain = base64.b64decode(value).decode() if variant == "base64" else value
+        plain = "".join(c for c in plain if c not in ZERO_WIDTH)
+        kinds |= {k for marker, k in _ALSO_IN_CONTENT.items() if marker in plain}
     return LabelledPrompt(text, kinds, variant, ((len(before), len(before) + len(value)),))
 
 
