@@ -243,7 +243,9 @@ def _find_ipv6(text: PreparedText) -> Iterator[Span]:
             )
         ):
             start = colon
-            while start > 0 and lowered[start - 1] in _HEX_COLON and colon - start < 40:
+            while (
+                start > max(0, covered) and lowered[start - 1] in _HEX_COLON and colon - start < 40
+            ):
                 start -= 1
             end = colon
             while end < length and lowered[end] in _HEX_COLON and end - start < _IPV6_MAX_LENGTH:
@@ -255,7 +257,7 @@ def _find_ipv6(text: PreparedText) -> Iterator[Span]:
             covered = end
             if _ipv6_candidate(lowered, start, end):
                 yield start, end
-        colon = lowered.find(":", colon + 1)
+        colon = lowered.find(":", max(colon + 1, covered))
 
 
 def _ipv6_candidate(lowered: str, start: int, end: int) -> bool:
