@@ -1,11 +1,11 @@
-"""Sensitive-data detectors of the routing policy: built-in recognizers, keywords, custom regexes.
+"""Sensitive-data detectors of the routing policy: built-in recognizers, keywords, own regexes."""
 
-A request's prompt is prepared once (`prepare`: NFKC and other normalisation, offsets mapped
-back, base64 runs decoded) and every detector reads that. `scan` runs a policy's detectors and
-never raises: a detector that raises or times out is reported as a DetectorFailure, so that the
-caller can treat the request as the highest level (design principle 4, fail closed). Findings
-carry offsets into the original prompt, never the matched text, so they can be logged.
-"""
+# A request's prompt is prepared once (`prepare`: NFKC and other normalisation, offsets mapped
+# back, base64 runs decoded) and every detector reads that. `scan` runs a policy's detectors
+# and never raises: a detector that raises or times out is reported as a DetectorFailure, so
+# that the caller can treat the request as the highest level (design principle 4, fail
+# closed). Findings carry offsets into the original prompt, never the matched text, so that
+# they can be logged.
 
 from __future__ import annotations
 
