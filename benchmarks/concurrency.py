@@ -1,6 +1,6 @@
 """Aggregate tokens/s and TTFT at 1-16 concurrent streams: agent, llama_cpp.server, llama-server.
 
-Serves the demo model with each server in turn (2 threads each) and, at each concurrency level,
+Serves the demo model with all servers at once (2 threads each) and, at each concurrency level,
 runs rounds of N simultaneous 64-token greedy `/v1/completions` SSE streams, each from its own
 client connection. Sets up its peers under the git-ignored `.bench/` on first use (a virtualenv
 with `llama-cpp-python[server]`, and `llama-server` built from the llama.cpp sources in the
@@ -344,11 +344,16 @@ class Level:
     streams: int
     round_s: list[float] = field(default_factory=list)
     results: list[Stream] = field(default_factory=list)
-    others_cpu: float = 0.0
+    others_cpu_s: float = 0.0  # others' share of the cores, times each round's seconds
 
     @property
     def aggregate_tps(self) -> float:
         return sum(s.tokens for s in self.results) / sum(self.round_s)
+
+    @property
+    def others_cpu(self) -> float:
+        """Others' share of the cores over this level's rounds."""
+        return self.others_cpu_s / sum(self.round_s) if self.round_s else 0.0
 
     @property
     def ttfts(self) -> list[float]:
@@ -417,40 +422,79 @@ async def stream_once(client: httpx.AsyncClient, tokens: int) -> Stream:
     return Stream(first - start, end - start, tokens)
 
 
+@dataclass
+class Server:
+    """A running server being measured: its clients (one connection per stream) and levels."""
+
+    name: str
+    pid: int
+    clients: list[httpx.AsyncClient]
+    levels: list[Level]
+    error: str | None = None
+
+
+async def measure_round(server: Server, level: Level, tokens: int) -> None:
+    """One round of `level.streams` simultaneous streams on `server`."""
+    others = OthersCpu(server.pid)
+    start = time.perf_counter()
+    level.results += await asyncio.gather(
+        *(stream_once(c, tokens) for c in server.clients[: level.streams])
+    )
+    span = time.perf_counter() - start
+    level.round_s.append(span)
+    level.others_cpu_s += others.share() * span
+
+
 async def measure(
-    base_url: str, server_pid: int, levels: list[int], tokens: int, rounds: int
-) -> list[Level]:
-    """One warm-up stream, then `rounds` rounds of N simultaneous streams per level, each stream
-    on its own client (its own connection, kept alive between rounds)."""
-    clients = [
-        httpx.AsyncClient(base_url=base_url, timeout=600, trust_env=False)
-        for _ in range(max(levels))
-    ]
+    running_servers: dict[str, tuple[str, int]], levels: list[int], tokens: int, rounds: int
+) -> dict[str, Server]:
+    """Interleaved: round r of level N runs on each server in turn (the order rotating from
+    round to round) before the next level or round starts, so that a drift in the machine's
+    speed over the run (these VMs' vary by 20-30 % within minutes) falls on every server alike.
+    Each server gets one warm-up stream first; a server that fails is dropped, the rest go on."""
+    servers = {
+        name: Server(
+            name,
+            pid,
+            [
+                httpx.AsyncClient(base_url=base_url, timeout=600, trust_env=False)
+                for _ in range(max(levels))
+            ],
+            [Level(n) for n in levels],
+        )
+        for name, (base_url, pid) in running_servers.items()
+    }
     try:
-        await stream_once(clients[0], tokens)
-        measured = []
-        for n in levels:
-            level = Level(n)
-            others = OthersCpu(server_pid)
-            for _ in range(rounds):
-                start = time.perf_counter()
-                level.results += await asyncio.gather(
-                    *(stream_once(c, tokens) for c in clients[:n])
+        for server in servers.values():
+            await stream_once(server.clients[0], tokens)
+        order = list(servers.values())
+        for round_index in range(rounds):
+            for level_index in range(len(levels)):
+                turn = round_index % len(order)
+                for server in order[turn:] + order[:turn]:
+                    if server.error is not None:
+                        continue
+                    try:
+                        await measure_round(server, server.levels[level_index], tokens)
+                    except (BenchError, httpx.HTTPError) as exc:
+                        server.error = f"{type(exc).__name__}: {exc}"
+                        print(f"{LABELS[server.name]} failed: {server.error}", file=sys.stderr)
+            print(f"round {round_index + 1} of {rounds} done", flush=True)
+        for server in servers.values():
+            for level in server.levels if server.error is None else []:
+                print(
+                    f"{LABELS[server.name]}, {level.streams:2d} streams: "
+                    f"{level.aggregate_tps:6.1f} tok/s aggregate, TTFT p50 "
+                    f"{percentile(level.ttfts, 50) * 1000:.0f} ms, "
+                    f"p99 {percentile(level.ttfts, 99) * 1000:.0f} ms; others' CPU "
+                    f"{level.others_cpu:.0%}",
+                    flush=True,
                 )
-                level.round_s.append(time.perf_counter() - start)
-            level.others_cpu = others.share()
-            print(
-                f"  {n:2d} streams: {level.aggregate_tps:6.1f} tok/s aggregate, TTFT p50 "
-                f"{percentile(level.ttfts, 50) * 1000:.0f} ms, "
-                f"p99 {percentile(level.ttfts, 99) * 1000:.0f} ms; others' CPU "
-                f"{level.others_cpu:.0%}",
-                flush=True,
-            )
-            measured.append(level)
-        return measured
+        return servers
     finally:
-        for client in clients:
-            await client.aclose()
+        for server in servers.values():
+            for client in server.clients:
+                await client.aclose()
 
 
 # --- Report ---------------------------------------------------------------------------------
@@ -587,7 +631,7 @@ def main() -> int:
     outcomes = {name: Outcome(name) for name in SERVERS if name in args.only}
     build_s: float | None = None
 
-    # Set-up first (the only network use), then measure one server at a time.
+    # Set-up first (the only network use), then measure the servers in turns.
     commands: dict[str, tuple[list[str], int, str]] = {}
     for name in outcomes:
         port = free_port()
@@ -624,20 +668,32 @@ def main() -> int:
             outcomes[name].error = f"set-up failed: {exc}"
             print(f"{LABELS[name]}: {outcomes[name].error}", file=sys.stderr)
 
-    for name, (command, port, ready_path) in commands.items():
-        outcome = outcomes[name]
-        outcome.command = command
-        outcome.load_before = os.getloadavg()[0]
-        print(f"{LABELS[name]} (load average {outcome.load_before:.2f}): {' '.join(command)}")
+    # All servers run at once (an idle one uses no CPU) and are measured in turns.
+    with contextlib.ExitStack() as stack:
+        started: dict[str, tuple[str, int]] = {}
+        for name, (command, port, ready_path) in commands.items():
+            outcome = outcomes[name]
+            outcome.command = command
+            print(f"{LABELS[name]}: {' '.join(command)}")
+            try:
+                started[name] = stack.enter_context(running(name, command, port, ready_path))
+            except (BenchError, httpx.HTTPError, OSError) as exc:
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                print(f"{LABELS[name]} failed to start: {outcome.error}", file=sys.stderr)
+        load_before = os.getloadavg()[0]
+        print(f"measuring (load average {load_before:.2f})", flush=True)
         try:
-            with running(name, command, port, ready_path) as (base_url, pid):
-                outcome.levels = asyncio.run(
-                    measure(base_url, pid, args.levels, args.tokens, args.rounds)
-                )
-        except (BenchError, httpx.HTTPError, OSError) as exc:
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            print(f"{LABELS[name]} failed: {outcome.error}", file=sys.stderr)
-        outcome.load_after = os.getloadavg()[0]
+            measured = asyncio.run(measure(started, args.levels, args.tokens, args.rounds))
+        except (BenchError, httpx.HTTPError, OSError) as exc:  # a warm-up failed
+            for name in started:
+                outcomes[name].error = f"{type(exc).__name__}: {exc}"
+            measured = {}
+        load_after = os.getloadavg()[0]
+        for name, server in measured.items():
+            outcome = outcomes[name]
+            outcome.load_before, outcome.load_after = load_before, load_after
+            outcome.error = server.error
+            outcome.levels = server.levels if server.error is None else []
 
     ratios = report(outcomes, args)
     if args.json:
