@@ -180,15 +180,10 @@ class ModelRollout:
             for adapter in model.adapters:
                 name = f"{model.alias}{ADAPTER_SEPARATOR}{adapter.name}"
                 base = ItemStatus("adapter", name, ItemState.PENDING, sha256=adapter.sha256)
-                download = self._downloads.get(adapter.sha256)
                 if loaded.get(adapter.name) == self.store.blob_path(adapter.sha256):
                     items.append(replace(base, state=ItemState.READY))
-                elif download is not None:
-                    items.append(_download_status(base, download))
-                elif self.store.has(adapter.sha256):
-                    items.append(replace(base, state=ItemState.LOADING))
                 else:
-                    items.append(replace(base, bytes_total=adapter.size_bytes))
+                    items.append(self._fetch_status(base, adapter.sha256, adapter.size_bytes))
         return items
 
     def _model_statuses(self, desired: DesiredState, pool: ModelPool) -> list[ItemStatus]:
@@ -200,20 +195,24 @@ class ModelRollout:
             base = ItemStatus(
                 "model", model.alias, ItemState.PENDING, sha256=model.sha256, serving_sha256=serving
             )
-            download = self._downloads.get(model.sha256)
             if serving == model.sha256:
                 items.append(replace(base, state=ItemState.READY))
             elif model.sha256 in record.failed:
                 kept = f"; version {serving[:12]} keeps serving" if serving else ""
                 error = f"{record.failed[model.sha256]}{kept}"
                 items.append(replace(base, state=ItemState.FAILED, error=error))
-            elif download is not None and (download.error or download.progress is not None):
-                items.append(_download_status(base, download))
-            elif self.store.has(model.sha256):
-                items.append(replace(base, state=ItemState.LOADING))
             else:
-                items.append(replace(base, bytes_total=model.size_bytes))
+                items.append(self._fetch_status(base, model.sha256, model.size_bytes))
         return items
+
+    def _fetch_status(self, base: ItemStatus, sha256: str, size_bytes: int) -> ItemStatus:
+        """An artifact not in use yet: downloading (or failing to), here to load, or pending."""
+        download = self._downloads.get(sha256)
+        if download is not None and (download.error or download.progress is not None):
+            return _download_status(base, download)
+        if self.store.has(sha256):
+            return replace(base, state=ItemState.LOADING)
+        return replace(base, bytes_total=size_bytes)
 
     def close(self) -> None:
         for download in self._downloads.values():
