@@ -47,12 +47,23 @@ class ModelAssignment:
 
 
 @dataclass(frozen=True)
+class PolicyDocument:
+    """One applied version of the organisation's routing policy, as its author wrote it."""
+
+    version: int  # 1, 2, ... in the order versions were applied
+    digest: str  # sha256 (hex) of the policy's canonical form (`Policy.digest`)
+    document: str  # the YAML or JSON text
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """A complete, versioned snapshot of what one agent should run."""
 
     generation: int
     models: tuple[ModelAssignment, ...] = ()
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The live routing policy; None: none has been applied (the agent keeps the one it has).
+    policy: PolicyDocument | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from common.control import (
     ItemStatus,
     LocalModel,
     ModelAssignment,
+    PolicyDocument,
 )
 from common.errors import InvalidArgument
 from common.inference import (
@@ -180,7 +181,24 @@ def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
             for m in state.models
         ],
         labels=dict(state.labels),
+        policy=_policy_to_pb(state.policy),
     )
+
+
+def _policy_to_pb(policy: PolicyDocument | None) -> cpb.PolicyDocument | None:
+    if policy is None:
+        return None
+    return cpb.PolicyDocument(
+        version=policy.version, digest=policy.digest, document=policy.document
+    )
+
+
+def _policy_from_pb(message: cpb.DesiredState) -> PolicyDocument | None:
+    """The document as sent: the agent checks its size and validity (`agent.policy_state`)."""
+    if not message.HasField("policy"):
+        return None
+    policy = message.policy
+    return PolicyDocument(version=policy.version, digest=policy.digest, document=policy.document)
 
 
 def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
@@ -212,6 +230,7 @@ def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
             for m in message.models
         ),
         labels=MappingProxyType(dict(message.labels)),
+        policy=_policy_from_pb(message),
     )
 
 

@@ -17,11 +17,11 @@ from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
 from common.artifacts import check_sha256
-from common.control import AdapterAssignment, DesiredState, ModelAssignment
+from common.control import AdapterAssignment, DesiredState, ModelAssignment, PolicyDocument
 from common.errors import InvalidArgument, NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
-from controlplane.db.models import Agent, DesiredStateRecord, utcnow
+from controlplane.db.models import Agent, DesiredStateRecord, RoutingPolicyRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ CONTEXT_LENGTH_RANGE = (64, 1_048_576)
 QUEUE_DEPTH_RANGE = (0, 1024)
 
 _PENDING_KEY = "outpost.desired_state.changed"
+_SPEC_KEYS = {"models": "models", "labels": "labels", "policy": "policy_version"}
 
 
 def check_identifier(value: object, what: str) -> str:
@@ -129,14 +130,35 @@ def _check_adapters(model: ModelAssignment) -> None:
         _int_in(adapter.size_bytes, 1, None, f"size_bytes of adapter {model.alias}:{name}")
 
 
-def _spec(models: Sequence[ModelAssignment], labels: Mapping[str, str]) -> dict[str, Any]:
-    return {"models": [asdict(m) for m in models], "labels": dict(labels)}
+def _spec(
+    models: Sequence[ModelAssignment], labels: Mapping[str, str], policy: PolicyDocument | None
+) -> dict[str, Any]:
+    # The policy by version only: its document is stored once, in routing_policies.
+    return {
+        "models": [asdict(m) for m in models],
+        "labels": dict(labels),
+        "policy_version": policy.version if policy is not None else 0,
+    }
 
 
-def _state(generation: int, spec: Mapping[str, Any]) -> DesiredState:
+def _state(generation: int, spec: Mapping[str, Any], policy: PolicyDocument | None) -> DesiredState:
     models = tuple(_model(m) for m in spec.get("models", ()))
     labels = MappingProxyType(dict(spec.get("labels", {})))
-    return DesiredState(generation=generation, models=models, labels=labels)
+    return DesiredState(generation=generation, models=models, labels=labels, policy=policy)
+
+
+def _policy_document(record: RoutingPolicyRecord | None) -> PolicyDocument | None:
+    if record is None:
+        return None
+    return PolicyDocument(record.version, record.digest, record.document)
+
+
+def live_policy(session: Session) -> PolicyDocument | None:
+    """The newest applied routing policy, None before the first one."""
+    record = session.exec(
+        select(RoutingPolicyRecord).order_by(col(RoutingPolicyRecord.version).desc()).limit(1)
+    ).first()
+    return _policy_document(record)
 
 
 def _model(stored: Mapping[str, Any]) -> ModelAssignment:
@@ -172,6 +194,7 @@ class DesiredStates:
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._resolver: RegistryResolver | None = None
+        self._policies: dict[int, PolicyDocument] = {}  # versions never change once applied
 
     def set_registry_resolver(self, resolver: RegistryResolver) -> None:
         """Registry models follow an agent's labels: label changes re-resolve them."""
@@ -226,6 +249,32 @@ class DesiredStates:
         checked = check_labels(labels)
         return self._change(session, agent_id, actor, "labels", labels=checked)
 
+    def refresh_policy(self, session: Session, agent_id: str, *, actor: str) -> DesiredState | None:
+        """Writes a new generation when the agent's state lacks the live policy (an agent that
+        enrolled after it was applied); None when it has it already."""
+        check_actor(actor)
+        live = live_policy(session)
+        if live is None or self._current(session, agent_id).policy == live:
+            return None
+        return self._change(session, agent_id, actor, "policy")
+
+    def set_policy_for_all(
+        self, session: Session, policy: PolicyDocument, *, actor: str
+    ) -> dict[str, DesiredState]:
+        """Gives every live agent the policy just applied (in `session`, not yet committed):
+        one new generation each, models and labels kept. Returns the new states by agent id."""
+        check_actor(actor)
+        live = col(Agent.revoked_at).is_(None)
+        states = self._write_for_agents(session, live, None, policy, actor)
+        self._audit.record(
+            session,
+            actor=actor,
+            action="desired_state.set_policy",
+            target="agents:all",
+            detail={"agents": len(states), "policy_version": policy.version},
+        )
+        return states
+
     # -- internals ------------------------------------------------------------------------
 
     def _current(self, session: Session, agent_id: str) -> DesiredState:
@@ -237,7 +286,22 @@ class DesiredStates:
         ).first()
         if record is None:
             return DesiredState(generation=0)
-        return _state(record.generation, record.spec)
+        return _state(record.generation, record.spec, self._policy(session, record.spec))
+
+    def _policy(self, session: Session, spec: Mapping[str, Any]) -> PolicyDocument | None:
+        version = spec.get("policy_version", 0)
+        if not isinstance(version, int) or version <= 0:
+            return None
+        cached = self._policies.get(version)
+        if cached is None:
+            cached = _policy_document(session.get(RoutingPolicyRecord, version))
+            if cached is None:  # not committed yet, or rolled back: do not remember
+                return None
+            with self._lock:
+                if len(self._policies) >= 8:  # the live one and a few before it
+                    self._policies.clear()
+                self._policies[version] = cached
+        return cached
 
     def _change(
         self,
@@ -264,7 +328,8 @@ class DesiredStates:
         # New path models keep the agent's assigned registry models (and may free an alias).
         new_models = self._with_registry(session, agent_id, new_models)
         new_labels = labels if labels is not None else dict(previous.labels)
-        spec = _spec(new_models, new_labels)
+        policy = live_policy(session)  # every new generation carries the live policy
+        spec = _spec(new_models, new_labels, policy)
         session.add(
             DesiredStateRecord(
                 agent_id=agent_id,
@@ -281,10 +346,10 @@ class DesiredStates:
             actor=actor,
             action=f"desired_state.set_{what}",
             target=f"agent:{agent_id}",
-            detail={"generation": generation, what: spec[what]},
+            detail={"generation": generation, what: spec[_SPEC_KEYS[what]]},
         )
         session.flush()
-        state = _state(generation, spec)
+        state = _state(generation, spec, policy)
         self._notify_after_commit(session, {agent_id: state})
         return state
 
@@ -296,8 +361,28 @@ class DesiredStates:
         check_actor(actor)
         checked = check_assignments(models)
         live = and_(col(Agent.site) == site, col(Agent.revoked_at).is_(None))
+        states = self._write_for_agents(session, live, checked, live_policy(session), actor)
+        self._audit.record(
+            session,
+            actor=actor,
+            action="desired_state.set_models_for_site",
+            target=f"site:{site}",
+            detail={"agents": len(states), "models": _spec(checked, {}, None)["models"]},
+        )
+        return states
+
+    def _write_for_agents(
+        self,
+        session: Session,
+        where: Any,
+        models: tuple[ModelAssignment, ...] | None,
+        policy: PolicyDocument | None,
+        actor: str,
+    ) -> dict[str, DesiredState]:
+        """A new generation for every agent `where` selects, with `models` (None: each keeps
+        its own) and `policy`, in a few statements whatever the number of agents."""
         agents = session.exec(
-            select(Agent.id, Agent.desired_generation).where(live).with_for_update()
+            select(Agent.id, Agent.desired_generation).where(where).with_for_update()
         ).all()
         latest = session.exec(
             select(DesiredStateRecord.agent_id, DesiredStateRecord.spec)
@@ -308,47 +393,47 @@ class DesiredStates:
                     col(Agent.desired_generation) == col(DesiredStateRecord.generation),
                 ),
             )
-            .where(live)
+            .where(where)
         ).all()
-        labels_of = {agent_id: dict(spec.get("labels", {})) for agent_id, spec in latest}
-        model_specs = _spec(checked, {})["models"]  # built once, shared by every agent's row
+        spec_of = {agent_id: spec for agent_id, spec in latest}
         # Registry models assigned to these agents stay (an alias set here takes precedence).
         registry = self._resolver(session, [a for a, _ in agents]) if self._resolver else {}
-        taken = {m.alias for m in checked}
         now = self._clock()
         states: dict[str, DesiredState] = {}
         rows = []
+        model_specs = _spec(models or (), {}, None)["models"]  # built once, shared by every row
         for agent_id, generation in agents:
-            labels = labels_of.get(agent_id, {})
-            extra = tuple(m for m in registry.get(agent_id, ()) if m.alias not in taken)
-            models_here = checked + extra
+            previous = spec_of.get(agent_id, {})
+            labels = dict(previous.get("labels", {}))
+            if models is None:  # the agent's own models, as its current state has them
+                spec = {**_spec((), labels, policy), "models": previous.get("models", [])}
+                state = _state(generation + 1, spec, policy)
+            else:
+                taken = {m.alias for m in models}
+                extra = tuple(m for m in registry.get(agent_id, ()) if m.alias not in taken)
+                extra_specs = _spec(extra, {}, None)["models"] if extra else []
+                spec = {
+                    **_spec((), labels, policy),
+                    "models": model_specs + extra_specs if extra else model_specs,
+                }
+                state = DesiredState(
+                    generation + 1, models + extra, MappingProxyType(labels), policy
+                )
             rows.append(
                 {
                     "agent_id": agent_id,
                     "generation": generation + 1,
-                    "spec": {
-                        "models": model_specs + _spec(extra, {})["models"]
-                        if extra
-                        else model_specs,
-                        "labels": labels,
-                    },
+                    "spec": spec,
                     "created_at": now,
                     "created_by": actor,
                 }
             )
-            states[agent_id] = DesiredState(generation + 1, models_here, MappingProxyType(labels))
+            states[agent_id] = state
         if rows:
             session.execute(insert(DesiredStateRecord), rows)
             session.execute(
-                update(Agent).where(live).values(desired_generation=Agent.desired_generation + 1)
+                update(Agent).where(where).values(desired_generation=Agent.desired_generation + 1)
             )
-        self._audit.record(
-            session,
-            actor=actor,
-            action="desired_state.set_models_for_site",
-            target=f"site:{site}",
-            detail={"agents": len(rows), "models": model_specs},
-        )
         session.flush()
         self._notify_after_commit(session, states)
         return states

@@ -141,6 +141,7 @@ class Fleet:
             self._desired.set_labels(session, agent_id, grant.labels, actor=actor)
         else:  # models assigned to its site reach it from the start
             self._desired.refresh_registry_models(session, agent_id, actor=actor)
+        self._desired.refresh_policy(session, agent_id, actor=actor)  # the live routing policy
         self._audit.record(
             session,
             actor=actor,

@@ -18,6 +18,7 @@ from controlplane.liveness import Health, LivenessPolicy, assess_fleet
 from controlplane.model_assignments import ModelAssignments
 from controlplane.model_registry import DEFAULT_MAX_MODEL_BYTES, ModelRegistry
 from controlplane.model_store import ModelStore
+from controlplane.policy_store import PolicyStore
 from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
 
@@ -33,6 +34,7 @@ class ControlPlaneServices:
     telemetry: TelemetryStore
     models: ModelRegistry
     assignments: ModelAssignments
+    policies: PolicyStore
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -78,6 +80,7 @@ class ControlPlaneServices:
             models=models,
             # Registers itself with `desired`: label changes re-resolve registry models.
             assignments=ModelAssignments(db, models, desired, audit, telemetry.latest, clock=clock),
+            policies=PolicyStore(db, audit, desired, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

@@ -306,3 +306,18 @@ class ModelAssignmentRecord(SQLModel, table=True):
     # LoRA adapters served with the model: the name requests use ("alias:name") -> the id of a
     # registered adapter. No foreign key: deleting one checks these (model_registry.delete).
     adapters: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+
+
+# -- routing policy -----------------------------------------------------------------------
+
+
+class RoutingPolicyRecord(SQLModel, table=True):
+    """One applied version of the routing policy; the highest version is the live one."""
+
+    __tablename__ = "routing_policies"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    digest: str = Field(max_length=64, index=True)  # sha256 of the canonical form, lowercase hex
+    document: str = Field(sa_type=Text)  # the YAML or JSON text as it was applied
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    created_by: str = Field(max_length=NAME_CHARS)

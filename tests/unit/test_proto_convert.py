@@ -248,3 +248,20 @@ def test_a_desired_state_with_adapters_round_trips() -> None:
     assert decoded == state
     assert decoded.models[0].adapters == adapters
     assert decoded.models[1].adapters == ()
+
+
+def test_a_desired_state_carries_its_policy_or_none() -> None:
+    from common.control import DesiredState, PolicyDocument
+    from common.proto_convert import desired_state_from_pb, desired_state_to_pb
+    from outpost.v1 import control_pb2 as cpb
+
+    policy = PolicyDocument(3, "d" * 64, "version: 1\n# é, 漢字\n")
+    with_policy = DesiredState(generation=4, policy=policy)
+    wire_bytes = desired_state_to_pb(with_policy).SerializeToString()
+    assert desired_state_from_pb(cpb.DesiredState.FromString(wire_bytes)) == with_policy
+    without = desired_state_from_pb(cpb.DesiredState.FromString(b""))
+    assert without.policy is None
+    # An empty document is still a policy on the wire (the agent refuses it, visibly).
+    empty = desired_state_to_pb(DesiredState(generation=1, policy=PolicyDocument(1, "", "")))
+    decoded = desired_state_from_pb(cpb.DesiredState.FromString(empty.SerializeToString()))
+    assert decoded.policy == PolicyDocument(1, "", "")

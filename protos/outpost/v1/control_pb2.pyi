@@ -260,7 +260,7 @@ class AdapterAssignment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., registry_name: _Optional[str] = ..., registry_version: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "models", "labels")
+    __slots__ = ("generation", "models", "labels", "policy")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -271,10 +271,22 @@ class DesiredState(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    policy: PolicyDocument
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., policy: _Optional[_Union[PolicyDocument, _Mapping]] = ...) -> None: ...
+
+class PolicyDocument(_message.Message):
+    __slots__ = ("version", "digest", "document")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    digest: str
+    document: str
+    def __init__(self, version: _Optional[int] = ..., digest: _Optional[str] = ..., document: _Optional[str] = ...) -> None: ...
 
 class ItemStatus(_message.Message):
     __slots__ = ("kind", "name", "state", "error", "sha256", "bytes_done", "bytes_total", "rate_bytes_per_s", "serving_sha256")
