@@ -20,6 +20,7 @@ from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
 from controlplane.api.models import model_routes
+from controlplane.api.policy import policy_routes
 from controlplane.api.sites import site_routes
 from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
@@ -76,6 +77,7 @@ def create_app(
         *telemetry_routes(services),
         *model_routes(services),
         *assignment_routes(services, services.assignments),
+        *policy_routes(services),
     ]
     api = Router(
         path=API_PREFIX,
