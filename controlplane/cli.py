@@ -25,6 +25,12 @@ from controlplane.cli_client import (
     table,
 )
 from controlplane.model_cli import add_model_commands, run_model_command
+from controlplane.policy_cli import (
+    add_policy_commands,
+    run_offline_policy_command,
+    run_policy_command,
+    runs_offline,
+)
 from controlplane.settings import ControlPlaneSettings
 
 DEFAULT_URL = "http://127.0.0.1:8700"
@@ -158,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assign.add_argument("--clear", action="store_true", help="run no models")
     add_model_commands(commands, common)
+    add_policy_commands(commands, common)
     add_bundle_commands(commands)
     return parser
 
@@ -318,6 +325,8 @@ def _run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         if args.command in ("models", "rollout"):
             run_model_command(client, args)
+        elif args.command == "policy":
+            run_policy_command(client, args)
         else:
             (_tokens if args.command == "tokens" else _agents)(client, args)
     except (KeyError, TypeError, IndexError) as exc:
@@ -336,6 +345,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "bundle":  # works on the data directory: no server needed
             return run_bundle_command(args)
+        if args.command == "policy" and runs_offline(args):  # the engine is shared code
+            return run_offline_policy_command(args)
         if args.command == "serve":
             from controlplane.server import serve  # grpc, pki, database: only for serving
 

@@ -15,7 +15,13 @@ class UsageError(Exception):
 
 
 class ApiFailure(Exception):
-    """The control plane answered with an error, or could not be reached: exit status 1."""
+    """The control plane answered with an error, or could not be reached: exit status 1.
+
+    `problems`: what an invalid routing policy's 422 lists ({path, line, column, message})."""
+
+    def __init__(self, message: str, problems: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def label_pair(text: str) -> tuple[str, str]:
@@ -71,15 +77,41 @@ class Client:
             raise ApiFailure(f"cannot reach the control plane at {self.url}: {exc}") from exc
         return self._answer(response)
 
+    def send(
+        self, method: str, path: str, content: bytes, content_type: str, **params: str | None
+    ) -> Any:
+        """Like `call`, with a body that is not JSON (a policy document)."""
+        try:
+            response = self._http.request(
+                method,
+                f"{self.url}/api/v1{path}",
+                content=content,
+                headers={"Content-Type": content_type},
+                params={k: v for k, v in params.items() if v is not None} or None,
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise ApiFailure(f"cannot reach the control plane at {self.url}: {exc}") from exc
+        return self._answer(response)
+
     def _answer(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            raise ApiFailure(_error_message(response))
+            raise ApiFailure(_error_message(response), _problems(response))
         if response.status_code == 204 or not response.content:
             return None
         try:
             return response.json()
         except ValueError:
             raise ApiFailure(f"{self.url} did not answer with JSON: is it Outpost?") from None
+
+
+def _problems(response: httpx.Response) -> list[Mapping[str, Any]]:
+    try:
+        problems = response.json()["error"]["problems"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(problems, list):
+        return []
+    return [p for p in problems if isinstance(p, dict)]
 
 
 def _error_message(response: httpx.Response) -> str:
