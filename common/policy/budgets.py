@@ -246,9 +246,17 @@ class BudgetTracker:
     def _overruns(
         self, who: tuple[str, str], limits: Limits, c: Counters, now: float, tokens: int, cost: int
     ) -> list[Overrun]:
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        day, month = limits.spend_per_day, limits.spend_per_month
+        if (
+            (rpm is None or len(c.window) < rpm)
+            and (tpm is None or c.window_tokens + tokens <= tpm)
+            and (day is None or c.day_spent + c.day_reserved + cost <= day)
+            and (month is None or c.month_spent + c.month_reserved + cost <= month)
+        ):
+            return []  # the common case, without building a reason
         name = f"{_LABELS[who[0]]} {who[1] or '(none)'}"
         over: list[Overrun] = []
-        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
         if rpm is not None and len(c.window) + 1 > rpm:
             retry = None if rpm == 0 else _retry_requests(c.window, len(c.window) + 1 - rpm, now)
             over.append(Overrun(f"{name} over its {rpm} requests per minute", limits.reject, retry))
