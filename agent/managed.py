@@ -19,6 +19,7 @@ from agent.control.state_store import DesiredStateError, DesiredStateStore
 from agent.inventory import build_hello, capabilities
 from agent.model_pool import ModelPool
 from agent.model_rollout import ModelRollout
+from agent.policy_state import PolicyState
 from agent.server import BoundPorts
 from agent.settings import ModelSettings
 from agent.telemetry.agent_metrics import AgentMetrics
@@ -26,6 +27,7 @@ from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.uplink import TelemetryUplink
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.routing import PolicyEngine
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class ManagedAgent:
     ) -> None:
         self._identities = IdentityStore(state_dir)
         self._desired_store = DesiredStateStore(state_dir)
+        self.policy = PolicyState(state_dir)
         self._link_settings = link
         self._defaults = model_defaults
         self._pool: ModelPool | None = None
@@ -75,6 +78,11 @@ class ManagedAgent:
             report=self._publish_status,
         )
 
+    def current_engine(self) -> PolicyEngine:
+        """The routing policy in force (the last one received, kept across restarts): what
+        the agent's endpoints classify and route each request with. Never blocks."""
+        return self.policy.current_engine()
+
     def register_services(self, server: grpc.aio.Server) -> None:
         """Serves this agent's verified artifacts to its site's peers, when configured to."""
         if self.link.peer_address:
@@ -87,6 +95,7 @@ class ManagedAgent:
             self.link.peer_address = f"{host}:{ports.grpc}"
         self._pool = pool
         self._metrics = metrics
+        await asyncio.to_thread(self.policy.load)  # enforced before the control plane answers
         try:
             stored = await asyncio.to_thread(self._desired_store.load)
         except DesiredStateError as exc:  # the control plane sends the state again
@@ -132,6 +141,7 @@ class ManagedAgent:
         assert pool is not None, "prepare() runs first"
         async with self._apply_lock:
             self._desired = desired
+            await asyncio.to_thread(self.policy.apply, desired.policy)
             for _ in range(2):  # a second pass falls back to the previous version
                 await pool.apply(self.rollout.plan(desired, self._defaults))
                 if not self.rollout.settle(desired, pool):
@@ -144,6 +154,9 @@ class ManagedAgent:
         registry = {m.alias for m in desired.models if m.sha256}
         items = [i for i in self._pool.item_statuses() if i.name not in registry]
         items += self.rollout.statuses(desired, self._pool)
+        policy = self.policy.status_item()
+        if policy is not None:
+            items.append(policy)
         return AgentStatus(observed_generation=desired.generation, items=tuple(items))
 
     def _publish_status(self) -> None:
