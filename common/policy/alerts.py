@@ -14,10 +14,11 @@
 # Hysteresis: a rule that fired stays firing at least `min_firing_s` (default MIN_FIRING_S), so
 # a value hovering at the threshold gives at most one firing and one clearing per period.
 # Memory: a series keeps at most MAX_BUCKETS + 1 buckets and about MAX_LATENCY_SAMPLES latencies
-# (a uniform sample per bucket once a bucket has more, each then standing for several requests
-# in the p95). At most `max_keys_per_scope` keys are
-# tracked per scope; an outcome for a new key past that is not measured for that scope (counted
-# in `untracked_outcomes`, logged) until keys without data, spend or a firing rule are dropped.
+# (a uniform sample per bucket once it has more; each sample then weighs requests / samples in
+# the p95). At most `max_keys_per_scope` keys are tracked per scope; an outcome for a new key
+# past that is not measured for that scope (counted in `untracked_outcomes`, logged) until keys
+# without data, spend this month or a firing rule are dropped. Not thread-safe to share across
+# processes; within one, every method may be called from any thread.
 # A "budget" threshold is the key's spend_per_day / spend_per_month (Budgets.for_team or
 # for_api_key, the "default" entry included); a key whose budget sets none is not measured.
 
