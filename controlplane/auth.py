@@ -19,7 +19,7 @@ from common.errors import NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import ApiKey, User, utcnow
-from controlplane.desired_state import check_identifier
+from controlplane.desired_state_checks import check_identifier
 
 KEY_PREFIX = "opk_"
 KEY_PATTERN = re.compile(r"opk_[A-Za-z0-9_-]{40}")

@@ -19,7 +19,8 @@ from common.errors import InvalidArgument, NotFound, OutpostError
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import NAME_CHARS, Agent, AgentState, Certificate, utcnow
-from controlplane.desired_state import DesiredStates, check_agent_id, check_labels
+from controlplane.desired_state import DesiredStates
+from controlplane.desired_state_checks import check_agent_id, check_labels
 from controlplane.tokens import TokenGrant
 
 MAX_GENERATION = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL

@@ -18,11 +18,11 @@ from common.telemetry import Sample
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import Agent, ModelAssignmentRecord, RegisteredModel, utcnow
-from controlplane.desired_state import (
+from controlplane.desired_state import DesiredStates
+from controlplane.desired_state_checks import (
     CONTEXT_LENGTH_RANGE,
     MAX_ADAPTERS,
     QUEUE_DEPTH_RANGE,
-    DesiredStates,
     check_agent_id,
     check_identifier,
     check_labels,

@@ -31,7 +31,7 @@ from common.gguf_info import (
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import ModelAssignmentRecord, RegisteredModel, utcnow
-from controlplane.desired_state import check_identifier
+from controlplane.desired_state_checks import check_identifier
 from controlplane.model_store import BlobTooLarge, ModelStore
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from common.errors import InvalidArgument, NotFound, OutpostError
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import ID_CHARS, JoinToken, utcnow
-from controlplane.desired_state import IDENTIFIER, check_agent_id, check_labels
+from controlplane.desired_state_checks import IDENTIFIER, check_agent_id, check_labels
 
 TOKEN_PREFIX = "opj_"
 TOKEN_PATTERN = re.compile(r"opj_[A-Za-z0-9_-]{32}")

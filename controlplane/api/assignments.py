@@ -18,7 +18,7 @@ from controlplane.api.auth_guard import Access, access
 from controlplane.api.bodies import GPU_LAYERS_RANGE, reject_unknown
 from controlplane.api.views import iso
 from controlplane.auth import Principal
-from controlplane.desired_state import MAX_ADAPTERS
+from controlplane.desired_state_checks import MAX_ADAPTERS
 from controlplane.model_assignments import AssignmentView, ModelAssignments, ServingParameters
 from controlplane.rollouts import rollout_status
 from controlplane.services import ControlPlaneServices

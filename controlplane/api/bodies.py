@@ -13,7 +13,7 @@ from typing import Any
 from common.control import ModelAssignment
 from common.errors import InvalidArgument
 from common.json_body import parse_json_object
-from controlplane.desired_state import (
+from controlplane.desired_state_checks import (
     CONTEXT_LENGTH_RANGE,
     MAX_LABELS,
     MAX_MODELS,

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from controlplane.api import bodies
 from controlplane.api.auth_guard import Access, access
 from controlplane.auth import Principal
-from controlplane.desired_state import check_identifier
+from controlplane.desired_state_checks import check_identifier
 from controlplane.services import ControlPlaneServices
 
 

@@ -17,7 +17,7 @@ from common.errors import Conflict, InvalidArgument, NotFound
 from common.telemetry import Metric
 from controlplane.db.database import Database
 from controlplane.db.models import DesiredStateRecord, RegisteredModel
-from controlplane.desired_state import MAX_ADAPTERS
+from controlplane.desired_state_checks import MAX_ADAPTERS
 from controlplane.fit_check import MEMORY_AVAILABLE
 from controlplane.model_registry import RegisteredModelView
 from controlplane.services import ControlPlaneServices
