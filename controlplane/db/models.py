@@ -321,3 +321,23 @@ class RoutingPolicyRecord(SQLModel, table=True):
     document: str = Field(sa_type=Text)  # the YAML or JSON text as it was applied
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=NAME_CHARS)
+
+
+# -- inference keys -----------------------------------------------------------------------
+
+
+class InferenceKeyRecord(SQLModel, table=True):
+    """A key callers of the OpenAI endpoints present: a routing role and a team, pushed to every
+    agent by hash. Revoked keys stay (revoked_at set) so the audit trail can name them."""
+
+    __tablename__ = "inference_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=ID_CHARS)
+    prefix: str = Field(max_length=8)  # the key's first 8 characters, to recognise it by
+    key_hash: str = Field(max_length=64, unique=True, index=True)  # sha256, lowercase hex
+    routing_role: str = Field(max_length=ID_CHARS)
+    team: str = Field(max_length=ID_CHARS)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    created_by: str = Field(max_length=NAME_CHARS)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
