@@ -34,9 +34,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inference_keys")),
     )
-    op.create_index(
-        op.f("ix_inference_keys_key_hash"), "inference_keys", ["key_hash"], unique=True
-    )
+    op.create_index(op.f("ix_inference_keys_key_hash"), "inference_keys", ["key_hash"], unique=True)
 
 
 def downgrade() -> None:
