@@ -93,6 +93,11 @@ class Decision:
         return tuple(c.target for c in self.candidates if c.allowed)
 
 
+# Route name, candidates and refusal of one (level, role, requested, restrictions).
+_Routed = tuple[str | None, tuple[Candidate, ...], str]
+MAX_CACHED_ROUTINGS = 4096  # distinct (level, role, requested, restrictions) kept per policy
+
+
 class PolicyRefused(Exception):
     """The policy refuses a request (a role above its level, no route, no allowed target)."""
 
@@ -104,6 +109,9 @@ class PolicyEngine:
 
     policy: Policy | None
     _detectors: tuple[Detector, ...] = field(init=False, default=())
+    _routed: dict[tuple[str, str, str, Restrictions], _Routed] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if self.policy is not None:
@@ -170,31 +178,45 @@ class PolicyEngine:
         policy = self.policy
         if policy is None:
             return _without_policy(classification, requested, local_models)
-        role = policy.role(caller.role)
-        refusal = _role_refusal(policy, role, caller.role, classification.level)
+        key = (classification.level, caller.role, requested, restrictions)
+        routed = self._routed.get(key)
+        if routed is None:
+            routed = self._route(policy, *key)
+            if len(self._routed) >= MAX_CACHED_ROUTINGS:
+                self._routed.clear()
+            self._routed[key] = routed
+        route, candidates, refusal = routed
+        return Decision(classification, route, candidates, refusal, policy.digest)
+
+    @staticmethod
+    def _route(
+        policy: Policy, level: str, role_name: str, requested: str, restrictions: Restrictions
+    ) -> _Routed:
+        """Route, candidates and refusal for a level and role: the same for every request of
+        that level and role, so `decide` keeps them (the text's scan is what varies)."""
+        role = policy.role(role_name)
+        refusal = _role_refusal(policy, role, role_name, level)
         if refusal:
-            return Decision(classification, None, (), refusal=refusal, policy_digest=policy.digest)
+            return None, (), refusal
         assert role is not None
-        route = policy.first_route(classification.level, role.name)
+        route = policy.first_route(level, role.name)
         if route is None:
-            refusal = f"no route takes {classification.level} data from role {role.name}"
-            return Decision(classification, None, (), refusal=refusal, policy_digest=policy.digest)
+            return None, (), f"no route takes {level} data from role {role.name}"
         order = policy.candidates(route)
         if requested and requested in {t.name for t in policy.targets}:
             first = (requested, *policy.fallback_chain(requested))
             order = tuple(dict.fromkeys((*first, *order)))
         candidates = tuple(
-            _judge(policy, policy.target(name), role, classification.level, restrictions)
-            for name in order
+            _judge(policy, policy.target(name), role, level, restrictions) for name in order
         )
-        decision = Decision(classification, route.name, candidates, policy_digest=policy.digest)
-        if not decision.targets:
+        if not any(c.allowed for c in candidates):
             skipped = "; ".join(f"{c.target}: {c.reason}" for c in candidates)
-            refusal = f"no target of route {route.name} may take this request ({skipped})"
-            return Decision(
-                classification, route.name, candidates, refusal, policy_digest=policy.digest
+            return (
+                route.name,
+                candidates,
+                (f"no target of route {route.name} may take this request ({skipped})"),
             )
-        return decision
+        return route.name, candidates, ""
 
     def _digest(self) -> str:
         return self.policy.digest if self.policy is not None else ""
