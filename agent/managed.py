@@ -16,6 +16,7 @@ from agent.artifacts.store import ArtifactStore
 from agent.control.client import ControlLink, ControlLinkSettings
 from agent.control.identity import IdentityStore
 from agent.control.state_store import DesiredStateError, DesiredStateStore
+from agent.inference_keys import InferenceKeyState
 from agent.inventory import build_hello, capabilities
 from agent.model_pool import ModelPool
 from agent.model_rollout import ModelRollout
@@ -48,6 +49,7 @@ class ManagedAgent:
         self._identities = IdentityStore(state_dir)
         self._desired_store = DesiredStateStore(state_dir)
         self.policy = PolicyState(state_dir)
+        self.inference_keys = InferenceKeyState(state_dir)  # who may call the OpenAI endpoints
         self._link_settings = link
         self._defaults = model_defaults
         self._pool: ModelPool | None = None
@@ -96,6 +98,7 @@ class ManagedAgent:
         self._pool = pool
         self._metrics = metrics
         await asyncio.to_thread(self.policy.load)  # enforced before the control plane answers
+        await asyncio.to_thread(self.inference_keys.load)  # callers known while it is down
         try:
             stored = await asyncio.to_thread(self._desired_store.load)
         except DesiredStateError as exc:  # the control plane sends the state again
@@ -142,6 +145,7 @@ class ManagedAgent:
         async with self._apply_lock:
             self._desired = desired
             await asyncio.to_thread(self.policy.apply, desired.policy)
+            await asyncio.to_thread(self.inference_keys.apply, desired.inference_keys)
             for _ in range(2):  # a second pass falls back to the previous version
                 await pool.apply(self.rollout.plan(desired, self._defaults))
                 if not self.rollout.settle(desired, pool):
@@ -157,6 +161,9 @@ class ManagedAgent:
         policy = self.policy.status_item()
         if policy is not None:
             items.append(policy)
+        keys = self.inference_keys.status_item()
+        if keys is not None:
+            items.append(keys)
         return AgentStatus(observed_generation=desired.generation, items=tuple(items))
 
     def _publish_status(self) -> None:

@@ -56,6 +56,16 @@ class PolicyDocument:
 
 
 @dataclass(frozen=True)
+class InferenceKeyGrant:
+    """One live inference key as agents know it: by its sha256, never the key itself."""
+
+    key_id: str  # the control plane's id of the key (decimal)
+    key_hash: str  # sha256 (lowercase hex) of the key
+    role: str  # the routing policy's role
+    team: str
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """A complete, versioned snapshot of what one agent should run."""
 
@@ -64,6 +74,8 @@ class DesiredState:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # The live routing policy; None: none has been applied (the agent keeps the one it has).
     policy: PolicyDocument | None = None
+    # Every live inference key; None: the control plane sent no set (the agent keeps its own).
+    inference_keys: tuple[InferenceKeyGrant, ...] | None = None
 
 
 @dataclass(frozen=True)

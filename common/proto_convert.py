@@ -13,6 +13,7 @@ from common.control import (
     Enrollment,
     Hardware,
     Hello,
+    InferenceKeyGrant,
     ItemState,
     ItemStatus,
     LocalModel,
@@ -32,6 +33,7 @@ from common.inference import (
     TextDelta,
     Usage,
 )
+from common.inference_key_grants import MAX_INFERENCE_KEYS, check_grants
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import inference_pb2 as pb
@@ -182,6 +184,32 @@ def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
         ],
         labels=dict(state.labels),
         policy=_policy_to_pb(state.policy),
+        inference_keys=_keys_to_pb(state.inference_keys),
+    )
+
+
+def _keys_to_pb(keys: tuple[InferenceKeyGrant, ...] | None) -> cpb.InferenceKeySet | None:
+    if keys is None:
+        return None
+    return cpb.InferenceKeySet(
+        keys=[
+            cpb.InferenceKeyGrant(key_id=k.key_id, key_hash=k.key_hash, role=k.role, team=k.team)
+            for k in keys
+        ]
+    )
+
+
+def _keys_from_pb(message: cpb.DesiredState) -> tuple[InferenceKeyGrant, ...] | None:
+    """The set as sent, or InvalidArgument (`check_grants`: count, hashes, identifiers)."""
+    if not message.HasField("inference_keys"):
+        return None
+    if len(message.inference_keys.keys) > MAX_INFERENCE_KEYS:
+        raise InvalidArgument(f"more than {MAX_INFERENCE_KEYS} inference keys")
+    return check_grants(
+        [
+            InferenceKeyGrant(key_id=k.key_id, key_hash=k.key_hash, role=k.role, team=k.team)
+            for k in message.inference_keys.keys
+        ]
     )
 
 
@@ -231,6 +259,7 @@ def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
         ),
         labels=MappingProxyType(dict(message.labels)),
         policy=_policy_from_pb(message),
+        inference_keys=_keys_from_pb(message),
     )
 
 

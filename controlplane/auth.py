@@ -51,6 +51,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def new_key(prefix: str = KEY_PREFIX) -> str:
+    """`prefix` + 40 URL-safe random characters (240 bits)."""
+    return prefix + secrets.token_urlsafe(30)
+
+
 class ApiKeys:
     """API keys (`opk_` + 40 URL-safe characters); only their sha256 is stored."""
 
@@ -158,7 +163,7 @@ class ApiKeys:
             session.add(user)
             session.flush()
         assert user.id is not None  # assigned by the flush
-        key = KEY_PREFIX + secrets.token_urlsafe(30)
+        key = new_key()
         record = ApiKey(
             key_hash=hash_key(key),
             prefix=key[:SHOWN_PREFIX_CHARS],

@@ -13,12 +13,24 @@ from typing import Any
 from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
-from common.control import AdapterAssignment, DesiredState, ModelAssignment, PolicyDocument
+from common.control import (
+    AdapterAssignment,
+    DesiredState,
+    InferenceKeyGrant,
+    ModelAssignment,
+    PolicyDocument,
+)
 from common.errors import NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
-from controlplane.db.models import Agent, DesiredStateRecord, RoutingPolicyRecord, utcnow
+from controlplane.db.models import (
+    Agent,
+    DesiredStateRecord,
+    RoutingPolicyRecord,
+    utcnow,
+)
 from controlplane.desired_state_checks import check_assignments, check_labels
+from controlplane.inference_keys import inference_keys_revision, live_inference_keys
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +39,32 @@ _SPEC_KEYS = {"models": "models", "labels": "labels", "policy": "policy_version"
 
 
 def _spec(
-    models: Sequence[ModelAssignment], labels: Mapping[str, str], policy: PolicyDocument | None
+    models: Sequence[ModelAssignment],
+    labels: Mapping[str, str],
+    policy: PolicyDocument | None,
+    keys_revision: int = 0,
 ) -> dict[str, Any]:
-    # The policy by version only: its document is stored once, in routing_policies.
+    # The policy by version only: its document is stored once, in routing_policies; the
+    # inference keys by revision only: they are stored once, in inference_keys.
     return {
         "models": [asdict(m) for m in models],
         "labels": dict(labels),
         "policy_version": policy.version if policy is not None else 0,
+        "inference_keys_revision": keys_revision,
     }
 
 
-def _state(generation: int, spec: Mapping[str, Any], policy: PolicyDocument | None) -> DesiredState:
+def _state(
+    generation: int,
+    spec: Mapping[str, Any],
+    policy: PolicyDocument | None,
+    keys: tuple[InferenceKeyGrant, ...] | None,
+) -> DesiredState:
     models = tuple(_model(m) for m in spec.get("models", ()))
     labels = MappingProxyType(dict(spec.get("labels", {})))
-    return DesiredState(generation=generation, models=models, labels=labels, policy=policy)
+    return DesiredState(
+        generation=generation, models=models, labels=labels, policy=policy, inference_keys=keys
+    )
 
 
 def _policy_document(record: RoutingPolicyRecord | None) -> PolicyDocument | None:
@@ -146,13 +170,34 @@ class DesiredStates:
         return self._change(session, agent_id, actor, "labels", labels=checked)
 
     def refresh_policy(self, session: Session, agent_id: str, *, actor: str) -> DesiredState | None:
-        """Writes a new generation when the agent's state lacks the live policy (an agent that
-        enrolled after it was applied); None when it has it already."""
+        """Writes a new generation when the agent's state lacks the live policy or the live
+        inference keys (an agent that enrolled after they changed); None when it has both."""
         check_actor(actor)
         live = live_policy(session)
-        if live is None or self._current(session, agent_id).policy == live:
+        record = self._latest(session, agent_id)
+        spec = record.spec if record is not None else {}
+        has_policy = live is None or spec.get("policy_version", 0) == live.version
+        has_keys = spec.get("inference_keys_revision", 0) == inference_keys_revision(session)
+        if has_policy and has_keys:
             return None
         return self._change(session, agent_id, actor, "policy")
+
+    def set_inference_keys_for_all(
+        self, session: Session, *, actor: str
+    ) -> dict[str, DesiredState]:
+        """Gives every live agent the live inference keys (as changed in `session`, not yet
+        committed): one new generation each, the rest kept. Returns the new states by agent id."""
+        check_actor(actor)
+        live = col(Agent.revoked_at).is_(None)
+        states = self._write_for_agents(session, live, None, live_policy(session), actor)
+        self._audit.record(
+            session,
+            actor=actor,
+            action="desired_state.set_inference_keys",
+            target="agents:all",
+            detail={"agents": len(states), "revision": inference_keys_revision(session)},
+        )
+        return states
 
     def set_policy_for_all(
         self, session: Session, policy: PolicyDocument, *, actor: str
@@ -173,16 +218,22 @@ class DesiredStates:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _current(self, session: Session, agent_id: str) -> DesiredState:
-        record = session.exec(
+    @staticmethod
+    def _latest(session: Session, agent_id: str) -> DesiredStateRecord | None:
+        return session.exec(
             select(DesiredStateRecord)
             .where(DesiredStateRecord.agent_id == agent_id)
             .order_by(col(DesiredStateRecord.generation).desc())
             .limit(1)
         ).first()
+
+    def _current(self, session: Session, agent_id: str) -> DesiredState:
+        record = self._latest(session, agent_id)
         if record is None:
             return DesiredState(generation=0)
-        return _state(record.generation, record.spec, self._policy(session, record.spec))
+        # Keys are never copied per agent: the newest generation carries the live set.
+        keys = live_inference_keys(session)
+        return _state(record.generation, record.spec, self._policy(session, record.spec), keys)
 
     def _policy(self, session: Session, spec: Mapping[str, Any]) -> PolicyDocument | None:
         version = spec.get("policy_version", 0)
@@ -225,7 +276,8 @@ class DesiredStates:
         new_models = self._with_registry(session, agent_id, new_models)
         new_labels = labels if labels is not None else dict(previous.labels)
         policy = live_policy(session)  # every new generation carries the live policy
-        spec = _spec(new_models, new_labels, policy)
+        keys = live_inference_keys(session)  # and the live inference keys
+        spec = _spec(new_models, new_labels, policy, inference_keys_revision(session))
         session.add(
             DesiredStateRecord(
                 agent_id=agent_id,
@@ -245,7 +297,7 @@ class DesiredStates:
             detail={"generation": generation, what: spec[_SPEC_KEYS[what]]},
         )
         session.flush()
-        state = _state(generation, spec, policy)
+        state = _state(generation, spec, policy, keys)
         self._notify_after_commit(session, {agent_id: state})
         return state
 
@@ -294,6 +346,8 @@ class DesiredStates:
         spec_of = {agent_id: spec for agent_id, spec in latest}
         # Registry models assigned to these agents stay (an alias set here takes precedence).
         registry = self._resolver(session, [a for a, _ in agents]) if self._resolver else {}
+        keys = live_inference_keys(session)  # read once, shared by every state
+        revision = inference_keys_revision(session)
         now = self._clock()
         states: dict[str, DesiredState] = {}
         rows = []
@@ -302,18 +356,21 @@ class DesiredStates:
             previous = spec_of.get(agent_id, {})
             labels = dict(previous.get("labels", {}))
             if models is None:  # the agent's own models, as its current state has them
-                spec = {**_spec((), labels, policy), "models": previous.get("models", [])}
-                state = _state(generation + 1, spec, policy)
+                spec = {
+                    **_spec((), labels, policy, revision),
+                    "models": previous.get("models", []),
+                }
+                state = _state(generation + 1, spec, policy, keys)
             else:
                 taken = {m.alias for m in models}
                 extra = tuple(m for m in registry.get(agent_id, ()) if m.alias not in taken)
                 extra_specs = _spec(extra, {}, None)["models"] if extra else []
                 spec = {
-                    **_spec((), labels, policy),
+                    **_spec((), labels, policy, revision),
                     "models": model_specs + extra_specs if extra else model_specs,
                 }
                 state = DesiredState(
-                    generation + 1, models + extra, MappingProxyType(labels), policy
+                    generation + 1, models + extra, MappingProxyType(labels), policy, keys
                 )
             rows.append(
                 {

@@ -14,6 +14,7 @@ from controlplane.db.database import Database
 from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
 from controlplane.fleet import Fleet
+from controlplane.inference_keys import InferenceKeys
 from controlplane.liveness import Health, LivenessPolicy, assess_fleet
 from controlplane.model_assignments import ModelAssignments
 from controlplane.model_registry import DEFAULT_MAX_MODEL_BYTES, ModelRegistry
@@ -35,6 +36,7 @@ class ControlPlaneServices:
     models: ModelRegistry
     assignments: ModelAssignments
     policies: PolicyStore
+    inference_keys: InferenceKeys
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -81,6 +83,7 @@ class ControlPlaneServices:
             # Registers itself with `desired`: label changes re-resolve registry models.
             assignments=ModelAssignments(db, models, desired, audit, telemetry.latest, clock=clock),
             policies=PolicyStore(db, audit, desired, clock=clock),
+            inference_keys=InferenceKeys(db, audit, desired, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

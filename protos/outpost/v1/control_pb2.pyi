@@ -260,7 +260,7 @@ class AdapterAssignment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., registry_name: _Optional[str] = ..., registry_version: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "models", "labels", "policy")
+    __slots__ = ("generation", "models", "labels", "policy", "inference_keys")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -272,11 +272,31 @@ class DesiredState(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_KEYS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
     labels: _containers.ScalarMap[str, str]
     policy: PolicyDocument
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., policy: _Optional[_Union[PolicyDocument, _Mapping]] = ...) -> None: ...
+    inference_keys: InferenceKeySet
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., policy: _Optional[_Union[PolicyDocument, _Mapping]] = ..., inference_keys: _Optional[_Union[InferenceKeySet, _Mapping]] = ...) -> None: ...
+
+class InferenceKeySet(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[InferenceKeyGrant]
+    def __init__(self, keys: _Optional[_Iterable[_Union[InferenceKeyGrant, _Mapping]]] = ...) -> None: ...
+
+class InferenceKeyGrant(_message.Message):
+    __slots__ = ("key_id", "key_hash", "role", "team")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_hash: str
+    role: str
+    team: str
+    def __init__(self, key_id: _Optional[str] = ..., key_hash: _Optional[str] = ..., role: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class PolicyDocument(_message.Message):
     __slots__ = ("version", "digest", "document")

@@ -1,0 +1,153 @@
+"""`InferenceKeyState`: the inference keys an agent accepts, kept on disk for when it is alone.
+
+The control plane sends every live key (by sha256, with its routing role and team) in each
+desired state. A set that passes `check_grants` replaces the previous one and is written
+atomically to `state_dir/inference-keys.json` (0600); a desired state without a set (an older
+control plane) keeps the last one. At start the kept set is loaded, so a site whose control
+plane is down still knows its callers (design principle 3); a damaged file is logged and
+ignored (no key is accepted until the control plane sends the set again: fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from common.control import InferenceKeyGrant, ItemState, ItemStatus
+from common.errors import InvalidArgument
+from common.files import atomic_write, ensure_private_directory
+from common.inference_key_grants import MAX_INFERENCE_KEYS, check_grants
+from common.policy.routing import Caller
+
+log = logging.getLogger(__name__)
+
+INFERENCE_KEYS_FILE = "inference-keys.json"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = MAX_INFERENCE_KEYS * 512  # a grant takes about 200 bytes of JSON
+MAX_HEADER_CHARS = 512  # an Authorization header longer than this is no key of ours
+MAX_ERROR_CHARS = 1000
+
+
+class InferenceKeyState:
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.path = state_dir / INFERENCE_KEYS_FILE
+        self._lock = threading.Lock()  # one apply at a time; readers need none
+        self._by_hash: Mapping[str, InferenceKeyGrant] = MappingProxyType({})
+        self._item: ItemStatus | None = None
+
+    @property
+    def grants(self) -> tuple[InferenceKeyGrant, ...]:
+        """The keys accepted now, ordered by id."""
+        return tuple(sorted(self._by_hash.values(), key=lambda g: int(g.key_id)))
+
+    def status_item(self) -> ItemStatus | None:
+        """("inference_keys", count, ready or failed with why); None before any set arrived."""
+        return self._item
+
+    def authenticate(self, authorization_header: str | None) -> Caller | None:
+        """The caller of a `Bearer <key>` header with a live key; None for anything else."""
+        if not isinstance(authorization_header, str) or len(authorization_header) > (
+            MAX_HEADER_CHARS
+        ):
+            return None
+        scheme, _, key = authorization_header.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return None
+        key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        grant = self._by_hash.get(key_hash)
+        if grant is None or not hmac.compare_digest(grant.key_hash, key_hash):
+            return None
+        return Caller(role=grant.role, team=grant.team, key_id=grant.key_id)
+
+    def load(self) -> None:
+        """At start: the kept set, if any and undamaged."""
+        with self._lock:
+            try:
+                with self.path.open("rb") as file:
+                    raw = file.read(MAX_FILE_BYTES + 1)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                log.error("cannot read the kept inference keys %s: %s", self.path, exc)
+                return
+            try:
+                if len(raw) > MAX_FILE_BYTES:
+                    raise ValueError(f"more than {MAX_FILE_BYTES} bytes")
+                grants = _parse(json.loads(raw))
+            except (ValueError, KeyError, TypeError, RecursionError, InvalidArgument) as exc:
+                log.error("ignoring the damaged kept inference keys %s: %s", self.path, exc)
+                return
+            self._install(grants, error="")
+
+    def apply(self, wanted: Sequence[InferenceKeyGrant] | None) -> None:
+        """Makes `wanted` the accepted set; None changes nothing; an invalid set is refused
+        (the previous one stays) and reported in the status item."""
+        if wanted is None:
+            return
+        with self._lock:
+            try:
+                grants = check_grants(wanted)
+            except InvalidArgument as exc:
+                log.error("keeping the previous inference keys: %s", exc)
+                error = f"the inference keys are invalid: {exc}"[:MAX_ERROR_CHARS]
+                self._item = ItemStatus("inference_keys", "", ItemState.FAILED, error)
+                return
+            if {g.key_hash: g for g in grants} == dict(self._by_hash) and self._item is not None:
+                return
+            error = ""
+            try:
+                self._persist(grants)
+            except OSError as exc:  # accepted now; a restart falls back to the kept set
+                log.error("cannot keep the inference keys: %s", exc)
+                error = f"accepted, but not kept on disk: {exc}"[:MAX_ERROR_CHARS]
+            self._install(grants, error=error)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _install(self, grants: tuple[InferenceKeyGrant, ...], *, error: str) -> None:
+        self._by_hash = MappingProxyType({g.key_hash: g for g in grants})
+        state = ItemState.FAILED if error else ItemState.READY
+        self._item = ItemStatus("inference_keys", str(len(grants)), state, error)
+        log.info("%d inference keys accepted", len(grants))
+
+    def _persist(self, grants: tuple[InferenceKeyGrant, ...]) -> None:
+        document = {
+            "format": FORMAT_VERSION,
+            "keys": [
+                {"key_id": g.key_id, "key_hash": g.key_hash, "role": g.role, "team": g.team}
+                for g in grants
+            ],
+        }
+        ensure_private_directory(self._state_dir)
+        atomic_write(self.path, json.dumps(document).encode() + b"\n", 0o600)
+
+
+def _parse(document: object) -> tuple[InferenceKeyGrant, ...]:
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        raise ValueError("unknown format")
+    keys = document["keys"]
+    if not isinstance(keys, list):
+        raise ValueError("keys is not a list")
+    if len(keys) > MAX_INFERENCE_KEYS:
+        raise ValueError(f"more than {MAX_INFERENCE_KEYS} keys")
+    grants = []
+    for item in keys:
+        if not isinstance(item, dict):
+            raise ValueError("a key is not an object")
+        grants.append(
+            InferenceKeyGrant(
+                key_id=item["key_id"],
+                key_hash=item["key_hash"],
+                role=item["role"],
+                team=item["team"],
+            )
+        )
+    return check_grants(grants)
