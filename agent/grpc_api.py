@@ -10,8 +10,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.inference import Inference
-from agent.model_runner import GenerationFailed, GenerationStream
-from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
+from agent.model_runner import EventStream, GenerationFailed
+from agent.policy_gate import DECLARED_LEVEL_HEADER, Credentials
+from common.errors import (
+    InvalidArgument,
+    NotFound,
+    OutpostError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from common.proto_convert import (
     chat_request_from_pb,
     completion_request_from_pb,
@@ -30,6 +39,8 @@ _STATUS_CODES: dict[type[OutpostError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -47,14 +58,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        start = self._inference.start_completion(completion_request_from_pb(request))
+        start = self._inference.start_completion(
+            completion_request_from_pb(request), _credentials(context)
+        )
         async for message in _relay(start, context):
             yield message
 
     async def Chat(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        start = self._inference.start_chat(chat_request_from_pb(request))
+        start = self._inference.start_chat(chat_request_from_pb(request), _credentials(context))
         async for message in _relay(start, context):
             yield message
 
@@ -64,8 +77,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return pb.ListModelsResponse(models=[model_info_to_pb(m) for m in self._inference.models()])
 
 
+def _credentials(context: grpc.aio.ServicerContext) -> Credentials:
+    metadata = {key: value for key, value in context.invocation_metadata() or ()}
+    authorization, level = metadata.get("authorization"), metadata.get(DECLARED_LEVEL_HEADER)
+    return Credentials(
+        authorization if isinstance(authorization, str) else None,
+        level if isinstance(level, str) else None,
+    )
+
+
 async def _relay(
-    start: Awaitable[GenerationStream], context: grpc.aio.ServicerContext
+    start: Awaitable[EventStream], context: grpc.aio.ServicerContext
 ) -> AsyncIterator[pb.GenerateResponse]:
     """Admits the request, then forwards its events. A cancelled RPC (client gone, deadline)
     closes the stream, which stops the generation."""

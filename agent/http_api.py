@@ -14,14 +14,23 @@ from litestar.exceptions import HTTPException
 from litestar.response import Response, Stream
 
 from agent.inference import Inference
-from agent.model_runner import GenerationFailed, GenerationStream
+from agent.model_runner import EventStream, GenerationFailed
 from agent.openai_schema import (
     StreamOptions,
     chat_request,
     completion_request,
     stream_options,
 )
-from common.errors import InvalidArgument, NotFound, OutpostError, ResourceExhausted, Unavailable
+from agent.policy_gate import DECLARED_LEVEL_HEADER, Credentials
+from common.errors import (
+    InvalidArgument,
+    NotFound,
+    OutpostError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from common.inference import Finished, TextDelta, Usage
 from common.json_body import parse_json_object
 from common.prometheus import metrics_route
@@ -30,6 +39,8 @@ _ERRORS: dict[type[OutpostError], tuple[int, str]] = {
     InvalidArgument: (400, "invalid_request_error"),
     NotFound: (404, "not_found_error"),
     ResourceExhausted: (429, "rate_limit_error"),
+    Unauthenticated: (401, "authentication_error"),
+    PermissionDenied: (403, "permission_error"),
     Unavailable: (503, "service_unavailable"),
 }
 
@@ -73,7 +84,7 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
-async def _collect(stream: GenerationStream) -> tuple[str, Finished]:
+async def _collect(stream: EventStream) -> tuple[str, Finished]:
     parts: list[str] = []
     async with aclosing(stream) as events:
         async for event in events:
@@ -126,7 +137,7 @@ class OpenAIRoutes:
             body = parse_json_object(await request.body())
             options = stream_options(body)
             chat = chat_request(body)
-            stream = await inference.start_chat(chat)
+            stream = await inference.start_chat(chat, _credentials(request))
             ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             chunk = _chat_chunk_maker(ident, created, chat.model)
             first = chunk(None, None)
@@ -155,7 +166,7 @@ class OpenAIRoutes:
             body = parse_json_object(await request.body())
             options = stream_options(body)
             completion = completion_request(body)
-            stream = await inference.start_completion(completion)
+            stream = await inference.start_completion(completion, _credentials(request))
             ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
             chunk = _completion_chunk_maker(ident, created, completion.model)
 
@@ -170,8 +181,14 @@ class OpenAIRoutes:
 ChunkMaker = Callable[[str | None, str | None], dict[str, Any]]
 
 
+def _credentials(request: Request[Any, Any, Any]) -> Credentials:
+    return Credentials(
+        request.headers.get("authorization"), request.headers.get(DECLARED_LEVEL_HEADER)
+    )
+
+
 async def _respond(
-    stream: GenerationStream,
+    stream: EventStream,
     options: StreamOptions,
     chunk: ChunkMaker,
     whole: Callable[[str, Finished], dict[str, Any]],
@@ -218,7 +235,7 @@ def _completion_chunk_maker(ident: str, created: int, model: str) -> ChunkMaker:
 
 
 async def _sse_events(
-    stream: GenerationStream,
+    stream: EventStream,
     chunk: ChunkMaker,
     options: StreamOptions,
     first: dict[str, Any] | None = None,

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 from agent.engine.protocol import ResolvedSampling
 from agent.model_pool import ModelPool
-from agent.model_runner import GenerationStream, ModelRunner
+from agent.model_runner import EventStream, GenerationStream, ModelRunner
+from agent.policy_gate import NO_CREDENTIALS, Credentials, PolicyGate
 from agent.request_validation import (
     RequestLimits,
     check_messages,
@@ -30,9 +31,13 @@ class Inference:
     first event, so front ends can answer with a clean error instead of a broken stream.
     """
 
-    def __init__(self, pool: ModelPool, limits: RequestLimits) -> None:
+    def __init__(
+        self, pool: ModelPool, limits: RequestLimits, gate: PolicyGate | None = None
+    ) -> None:
+        """`gate`: the routing policy's enforcement (None: this agent's models only)."""
         self._pool = pool
         self._limits = limits
+        self._gate = gate
 
     @property
     def ready(self) -> bool:
@@ -50,7 +55,45 @@ class Inference:
             raise NotFound(f"model {alias!r} has no adapter {adapter!r} (adapters: {known})")
         return runner, adapter
 
-    async def start_completion(self, request: CompletionRequest) -> GenerationStream:
+    async def start_completion(
+        self, request: CompletionRequest, credentials: Credentials = NO_CREDENTIALS
+    ) -> EventStream:
+        """The request's events; under a routing policy, from the target the policy picks."""
+        engine = self._gate.engine() if self._gate is not None else None
+        if self._gate is None or engine is None or engine.policy is None:
+            return await self._completion_here(request)
+        check_prompt(request.prompt)  # bad input is refused before it is routed anywhere
+        resolve_sampling(request.sampling, self._limits)
+
+        async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
+            return await self._completion_here(replace(request, model=alias, prompt=parts[0]))
+
+        return await self._gate.completion(
+            engine, request, credentials, self._aliases(), start_local
+        )
+
+    async def start_chat(
+        self, request: ChatRequest, credentials: Credentials = NO_CREDENTIALS
+    ) -> EventStream:
+        """The request's events; under a routing policy, from the target the policy picks."""
+        engine = self._gate.engine() if self._gate is not None else None
+        if self._gate is None or engine is None or engine.policy is None:
+            return await self._chat_here(request)
+        check_messages(request.messages)
+        resolve_sampling(request.sampling, self._limits)
+
+        async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
+            messages = tuple(
+                replace(m, content=c) for m, c in zip(request.messages, parts, strict=True)
+            )
+            return await self._chat_here(replace(request, model=alias, messages=messages))
+
+        return await self._gate.chat(engine, request, credentials, self._aliases(), start_local)
+
+    def _aliases(self) -> set[str]:
+        return {m.alias for m in self._pool.describe()}
+
+    async def _completion_here(self, request: CompletionRequest) -> GenerationStream:
         runner, adapter = self._runner(request.model)
 
         def prepare() -> tuple[list[int], ResolvedSampling]:
@@ -60,7 +103,7 @@ class Inference:
 
         return await self._start(runner, adapter, prepare)
 
-    async def start_chat(self, request: ChatRequest) -> GenerationStream:
+    async def _chat_here(self, request: ChatRequest) -> GenerationStream:
         runner, adapter = self._runner(request.model)
 
         def prepare() -> tuple[list[int], ResolvedSampling]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -14,10 +15,13 @@ from agent.grpc_api import GrpcFrontEnd
 from agent.http_api import create_app
 from agent.inference import Inference
 from agent.model_pool import BackendFactory, ModelPool
+from agent.policy_gate import PolicyGate
 from agent.request_validation import RequestLimits
 from agent.settings import AgentSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from common.embedded_http import bind_listener, embedded_server
+from common.policy.cloud_client import CloudClient
+from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,14 @@ class Companion(Protocol):
         ...
 
 
+class PolicySource(Protocol):
+    """Where the agent's endpoints get the routing policy in force and their callers' keys."""
+
+    def current_engine(self) -> PolicyEngine: ...
+
+    def authenticate(self, authorization: str | None) -> Caller | None: ...
+
+
 class AgentServer:
     """Runs until `request_stop()`; servers answer at once, health turns SERVING when loaded."""
 
@@ -61,10 +73,21 @@ class AgentServer:
         settings: AgentSettings,
         backend_factory: BackendFactory,
         companion: Companion | None = None,
+        *,
+        policy: PolicySource | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """`policy`: the routing policy to enforce (None: only this agent's models answer,
+        to anyone); `environ`: where cloud targets' `env:` key references are looked up."""
         self._settings = settings
         self._companion = companion
         self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
+        self._cloud = CloudClient(environ=dict(environ or {}))
+        gate = (
+            PolicyGate(policy.current_engine, policy.authenticate, self._cloud)
+            if policy is not None
+            else None
+        )
         self.inference = Inference(
             self.pool,
             RequestLimits(
@@ -72,6 +95,7 @@ class AgentServer:
                 default_max_tokens=settings.default_max_tokens,
                 max_stop_sequences=settings.max_stop_sequences,
             ),
+            gate,
         )
         self.metrics = AgentMetrics.for_paths(self.pool, _disk_paths(settings))
         self._stop: asyncio.Event | None = None
@@ -124,6 +148,7 @@ class AgentServer:
                 raise load_task.exception()  # type: ignore[misc]
         finally:
             http_socket.close()
+            await self._cloud.aclose()
             await asyncio.to_thread(self.pool.close)
 
     async def _lifecycle(

@@ -29,3 +29,11 @@ class Conflict(OutpostError):
 
 class InsufficientResources(OutpostError):
     """The target cannot hold what was asked (memory, VRAM, disk); the message has the numbers."""
+
+
+class Unauthenticated(OutpostError):
+    """The request carries no valid credentials (an inference key) where they are required."""
+
+
+class PermissionDenied(OutpostError):
+    """The caller may not do this: the routing policy refuses the request, with its reason."""

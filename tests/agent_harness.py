@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.engine.protocol import BackendDescription, ModelBackend, ResolvedSampling
 from agent.model_pool import BackendFactory
-from agent.server import AgentServer, BoundPorts, Companion
+from agent.server import AgentServer, BoundPorts, Companion, PolicySource
 from agent.settings import AgentSettings, ModelSettings
 from common.inference import ChatMessage, Finished, GenerationEvent
 from outpost.v1 import inference_pb2_grpc as pb_grpc
@@ -77,9 +77,15 @@ class RunningAgent:
     """An AgentServer on its own event loop thread; use as a context manager."""
 
     def __init__(
-        self, settings: AgentSettings, factory: BackendFactory, companion: Companion | None = None
+        self,
+        settings: AgentSettings,
+        factory: BackendFactory,
+        companion: Companion | None = None,
+        *,
+        policy: PolicySource | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.server = AgentServer(settings, factory, companion)
+        self.server = AgentServer(settings, factory, companion, policy=policy, environ=environ)
         self.ports = BoundPorts(0, 0)
         self._thread = ServerThread(self.server, "agent-under-test")
 
