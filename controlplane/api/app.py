@@ -19,6 +19,7 @@ from controlplane.api.assignments import assignment_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
+from controlplane.api.inference_keys import inference_key_routes
 from controlplane.api.models import model_routes
 from controlplane.api.policy import policy_routes
 from controlplane.api.sites import site_routes
@@ -78,6 +79,7 @@ def create_app(
         *model_routes(services),
         *assignment_routes(services, services.assignments),
         *policy_routes(services),
+        *inference_key_routes(services),
     ]
     api = Router(
         path=API_PREFIX,
