@@ -24,6 +24,7 @@ from controlplane.cli_client import (
     segment,
     table,
 )
+from controlplane.inference_key_cli import add_inference_key_commands, run_inference_key_command
 from controlplane.model_cli import add_model_commands, run_model_command
 from controlplane.policy_cli import (
     add_policy_commands,
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--clear", action="store_true", help="run no models")
     add_model_commands(commands, common)
     add_policy_commands(commands, common)
+    add_inference_key_commands(commands, common)
     add_bundle_commands(commands)
     return parser
 
@@ -327,6 +329,8 @@ def _run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             run_model_command(client, args)
         elif args.command == "policy":
             run_policy_command(client, args)
+        elif args.command == "inference-keys":
+            run_inference_key_command(client, args)
         else:
             (_tokens if args.command == "tokens" else _agents)(client, args)
     except (KeyError, TypeError, IndexError) as exc:
