@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.control.client import MAX_MESSAGE_BYTES
 from agent.inference_keys import INFERENCE_KEYS_FILE, MAX_FILE_BYTES, InferenceKeyState
-from common.control import DesiredState, InferenceKeyGrant, ItemState
+from common.control import DesiredState, InferenceKeyGrant, ItemState, PolicyDocument
 from common.errors import InvalidArgument
 from common.inference_key_grants import MAX_INFERENCE_KEYS, check_grants
+from common.policy.document import MAX_DOCUMENT_BYTES
 from common.policy.routing import Caller
 from common.proto_convert import desired_state_from_pb, desired_state_to_pb
 
@@ -180,3 +182,14 @@ def test_the_wire_keeps_none_apart_from_empty_and_checks_what_arrives() -> None:
         huge.inference_keys.keys.add(key_id=str(i + 1), key_hash=f"{i:064x}", role="r", team="t")
     with pytest.raises(InvalidArgument, match="more than"):
         desired_state_from_pb(huge)
+
+
+def test_the_largest_set_with_the_largest_policy_fits_one_control_message() -> None:
+    longest = "x" * 63
+    grants = tuple(
+        InferenceKeyGrant(str(10**19 + i), f"{i:064x}", longest, longest)
+        for i in range(MAX_INFERENCE_KEYS)
+    )
+    policy = PolicyDocument(1, "0" * 64, "#" * MAX_DOCUMENT_BYTES)
+    state = DesiredState(generation=2**62, policy=policy, inference_keys=grants)
+    assert desired_state_to_pb(state).ByteSize() < MAX_MESSAGE_BYTES
