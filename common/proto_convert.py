@@ -33,7 +33,7 @@ from common.inference import (
     TextDelta,
     Usage,
 )
-from common.inference_key_grants import MAX_INFERENCE_KEYS, check_grants
+from common.inference_key_grants import MAX_INFERENCE_KEYS
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import inference_pb2 as pb
@@ -200,16 +200,15 @@ def _keys_to_pb(keys: tuple[InferenceKeyGrant, ...] | None) -> cpb.InferenceKeyS
 
 
 def _keys_from_pb(message: cpb.DesiredState) -> tuple[InferenceKeyGrant, ...] | None:
-    """The set as sent, or InvalidArgument (`check_grants`: count, hashes, identifiers)."""
+    """The set as sent, at most MAX_INFERENCE_KEYS (else InvalidArgument); the agent checks
+    the rest (`agent.inference_keys`: a bad set is reported, the last one stays)."""
     if not message.HasField("inference_keys"):
         return None
     if len(message.inference_keys.keys) > MAX_INFERENCE_KEYS:
         raise InvalidArgument(f"more than {MAX_INFERENCE_KEYS} inference keys")
-    return check_grants(
-        [
-            InferenceKeyGrant(key_id=k.key_id, key_hash=k.key_hash, role=k.role, team=k.team)
-            for k in message.inference_keys.keys
-        ]
+    return tuple(
+        InferenceKeyGrant(key_id=k.key_id, key_hash=k.key_hash, role=k.role, team=k.team)
+        for k in message.inference_keys.keys
     )
 
 

@@ -175,8 +175,10 @@ def test_the_wire_keeps_none_apart_from_empty_and_checks_what_arrives() -> None:
         assert desired_state_from_pb(desired_state_to_pb(state)) == state
     hostile = desired_state_to_pb(DesiredState(generation=1, inference_keys=(grant(KEY),)))
     hostile.inference_keys.keys[0].key_hash = "not hex"
-    with pytest.raises(InvalidArgument):
-        desired_state_from_pb(hostile)
+    arrived = desired_state_from_pb(hostile).inference_keys  # the agent's state checks it
+    assert arrived is not None
+    with pytest.raises(InvalidArgument, match="lowercase hex"):
+        check_grants(arrived)
     huge = desired_state_to_pb(DesiredState(generation=1, inference_keys=()))
     for i in range(MAX_INFERENCE_KEYS + 1):
         huge.inference_keys.keys.add(key_id=str(i + 1), key_hash=f"{i:064x}", role="r", team="t")
