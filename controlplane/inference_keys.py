@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from controlplane.desired_state_checks import check_identifier
 
 if TYPE_CHECKING:  # desired_state imports this module's queries
     from controlplane.desired_state import DesiredStates
+
+log = logging.getLogger(__name__)
 
 INFERENCE_KEY_PREFIX = "opi_"
 INFERENCE_KEY_PATTERN = re.compile(r"opi_[A-Za-z0-9_-]{40}")
@@ -65,12 +68,18 @@ def _view(record: InferenceKeyRecord) -> InferenceKey:
 
 
 def live_inference_keys(session: Session) -> tuple[InferenceKeyGrant, ...]:
-    """Every inference key not revoked, by id: the set every agent's state carries."""
+    """Every inference key not revoked, by id: the set every agent's state carries. At most
+    MAX_INFERENCE_KEYS, the oldest (two creates racing at the bound could pass it; the newest
+    one is then left out, and logged, rather than the whole set refused by the agents)."""
     records = session.exec(
         select(InferenceKeyRecord)
         .where(col(InferenceKeyRecord.revoked_at).is_(None))
         .order_by(col(InferenceKeyRecord.id))
+        .limit(MAX_INFERENCE_KEYS + 1)
     ).all()
+    if len(records) > MAX_INFERENCE_KEYS:
+        log.error("more than %d live inference keys: the newest are not sent", MAX_INFERENCE_KEYS)
+        records = records[:MAX_INFERENCE_KEYS]
     return tuple(InferenceKeyGrant(str(r.id), r.key_hash, r.routing_role, r.team) for r in records)
 
 

@@ -166,3 +166,8 @@ def test_the_live_count_is_bounded(
     services.inference_keys.revoke(first.id, actor="alice")
     services.inference_keys.create("c", "r", "t", actor="alice")
     assert len(services.inference_keys.list()) == 2
+    # Had creates raced past the bound, agents would still get a set they accept.
+    monkeypatch.setattr(inference_keys_module, "MAX_INFERENCE_KEYS", 1)
+    with services.db.session() as session:
+        (only,) = inference_keys_module.live_inference_keys(session)
+    assert only.key_id == str(min(k.id for k in services.inference_keys.list()))
