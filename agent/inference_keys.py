@@ -41,6 +41,7 @@ class InferenceKeyState:
         self._lock = threading.Lock()  # one apply at a time; readers need none
         self._by_hash: Mapping[str, InferenceKeyGrant] = MappingProxyType({})
         self._item: ItemStatus | None = None
+        self._kept = False  # the set in force is the one on disk
 
     @property
     def grants(self) -> tuple[InferenceKeyGrant, ...]:
@@ -48,7 +49,8 @@ class InferenceKeyState:
         return tuple(sorted(self._by_hash.values(), key=lambda g: int(g.key_id)))
 
     def status_item(self) -> ItemStatus | None:
-        """("inference_keys", count, ready or failed with why); None before any set arrived."""
+        """("inference_keys", count, ready or failed with why); None while no key is accepted
+        and nothing failed (as there is no "policy" item without a policy)."""
         return self._item
 
     def authenticate(self, authorization_header: str | None) -> Caller | None:
@@ -86,6 +88,7 @@ class InferenceKeyState:
                 log.error("ignoring the damaged kept inference keys %s: %s", self.path, exc)
                 return
             self._install(grants, error="")
+            self._kept = True
 
     def apply(self, wanted: Sequence[InferenceKeyGrant] | None) -> None:
         """Makes `wanted` the accepted set; None changes nothing; an invalid set is refused
@@ -100,7 +103,7 @@ class InferenceKeyState:
                 error = f"the inference keys are invalid: {exc}"[:MAX_ERROR_CHARS]
                 self._item = ItemStatus("inference_keys", "", ItemState.FAILED, error)
                 return
-            if {g.key_hash: g for g in grants} == dict(self._by_hash) and self._item is not None:
+            if self._kept and {g.key_hash: g for g in grants} == dict(self._by_hash):
                 return
             error = ""
             try:
@@ -109,13 +112,15 @@ class InferenceKeyState:
                 log.error("cannot keep the inference keys: %s", exc)
                 error = f"accepted, but not kept on disk: {exc}"[:MAX_ERROR_CHARS]
             self._install(grants, error=error)
+            self._kept = not error
 
     # -- internals ------------------------------------------------------------------------
 
     def _install(self, grants: tuple[InferenceKeyGrant, ...], *, error: str) -> None:
         self._by_hash = MappingProxyType({g.key_hash: g for g in grants})
         state = ItemState.FAILED if error else ItemState.READY
-        self._item = ItemStatus("inference_keys", str(len(grants)), state, error)
+        item = ItemStatus("inference_keys", str(len(grants)), state, error)
+        self._item = item if grants or error else None
         log.info("%d inference keys accepted", len(grants))
 
     def _persist(self, grants: tuple[InferenceKeyGrant, ...]) -> None:

@@ -71,6 +71,11 @@ def test_a_new_set_replaces_the_old_and_none_keeps_it(tmp_path: Path) -> None:
     state.apply(())
     assert state.authenticate(f"Bearer {OTHER}") is None
     assert state.grants == ()
+    assert state.status_item() is None  # no keys, nothing failed: no item
+    restarted = InferenceKeyState(tmp_path)  # the empty set is kept: no key comes back
+    restarted.load()
+    assert restarted.grants == ()
+    assert restarted.authenticate(f"Bearer {OTHER}") is None
 
 
 @pytest.mark.parametrize(
