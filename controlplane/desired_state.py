@@ -23,12 +23,7 @@ from common.control import (
 from common.errors import NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
-from controlplane.db.models import (
-    Agent,
-    DesiredStateRecord,
-    RoutingPolicyRecord,
-    utcnow,
-)
+from controlplane.db.models import Agent, DesiredStateRecord, RoutingPolicyRecord, utcnow
 from controlplane.desired_state_checks import check_assignments, check_labels
 from controlplane.inference_keys import inference_keys_revision, live_inference_keys
 
