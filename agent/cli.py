@@ -32,7 +32,7 @@ from common.certificates import normalize_fingerprint
 from common.lifecycle import configure_logging, run_until_signalled
 
 if TYPE_CHECKING:
-    from agent.server import Companion
+    from agent.managed import ManagedAgent
 
 log = logging.getLogger("outpost.agent")
 
@@ -168,7 +168,7 @@ def _llama_backend(model: ModelSettings) -> ModelBackend:
     )
 
 
-def _managed_companion(settings: AgentSettings, threads: int | None) -> Companion:
+def _managed_companion(settings: AgentSettings, threads: int | None) -> ManagedAgent:
     from agent.control.client import ControlLinkSettings
     from agent.managed import ManagedAgent
 
@@ -195,10 +195,15 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> Companio
     )
 
 
-def _serve(settings: AgentSettings, companion: Companion | None = None) -> int:
+def _serve(settings: AgentSettings, companion: ManagedAgent | None = None) -> int:
+    """Serves; a managed agent also enforces the routing policy and inference keys its
+    control plane sends (`env:` key references of cloud targets read from this environment)."""
     from agent.server import AgentServer
 
-    run_until_signalled(AgentServer(settings, _llama_backend, companion))
+    server = AgentServer(
+        settings, _llama_backend, companion, policy=companion, environ=dict(os.environ)
+    )
+    run_until_signalled(server)
     return 0
 
 

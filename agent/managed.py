@@ -28,7 +28,7 @@ from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.uplink import TelemetryUplink
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
-from common.policy.routing import PolicyEngine
+from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ class ManagedAgent:
         """The routing policy in force (the last one received, kept across restarts): what
         the agent's endpoints classify and route each request with. Never blocks."""
         return self.policy.current_engine()
+
+    def authenticate(self, authorization: str | None) -> Caller | None:
+        """The caller an `Authorization: Bearer <inference key>` value names, from the keys of
+        the last desired state (kept across restarts); None for anything else."""
+        return self.inference_keys.authenticate(authorization)
 
     def register_services(self, server: grpc.aio.Server) -> None:
         """Serves this agent's verified artifacts to its site's peers, when configured to."""

@@ -125,7 +125,7 @@ def managed_agent(
         **options,
     )
     settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
-    return RunningAgent(settings, llama_factory(), companion), companion
+    return RunningAgent(settings, llama_factory(), companion, policy=companion), companion
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
