@@ -63,13 +63,13 @@ class Inference:
         if self._gate is None or engine is None or engine.policy is None:
             return await self._completion_here(request)
         check_prompt(request.prompt)  # bad input is refused before it is routed anywhere
-        resolve_sampling(request.sampling, self._limits)
+        max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
 
         async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
             return await self._completion_here(replace(request, model=alias, prompt=parts[0]))
 
         return await self._gate.completion(
-            engine, request, credentials, self._aliases(), start_local
+            engine, request, credentials, self._aliases(), start_local, max_tokens
         )
 
     async def start_chat(
@@ -80,7 +80,7 @@ class Inference:
         if self._gate is None or engine is None or engine.policy is None:
             return await self._chat_here(request)
         check_messages(request.messages)
-        resolve_sampling(request.sampling, self._limits)
+        max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
 
         async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
             messages = tuple(
@@ -88,7 +88,9 @@ class Inference:
             )
             return await self._chat_here(replace(request, model=alias, messages=messages))
 
-        return await self._gate.chat(engine, request, credentials, self._aliases(), start_local)
+        return await self._gate.chat(
+            engine, request, credentials, self._aliases(), start_local, max_tokens
+        )
 
     def _aliases(self) -> set[str]:
         return {m.alias for m in self._pool.describe()}

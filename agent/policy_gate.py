@@ -15,11 +15,13 @@ Without a policy nothing changes: no key is asked for and only local models answ
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.model_runner import EventStream, GenerationFailed, GenerationStream
+from agent.request_budgets import Held, RequestBudgets
 from common.errors import (
     InvalidArgument,
     NotFound,
@@ -40,7 +42,7 @@ from common.inference import (
 )
 from common.policy.cloud_client import CloudClient, Endpoint
 from common.policy.dispatch import DispatchFailed, Outcome, TargetFailure, dispatch_stream
-from common.policy.policy_model import CloudTarget, LocalTarget, Target
+from common.policy.policy_model import CloudTarget, LocalTarget, Policy, Target
 from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,12 @@ class PolicyGate:
         engine: Callable[[], PolicyEngine],
         authenticate: Authenticate,
         cloud: CloudClient,
+        budgets: RequestBudgets | None = None,
     ) -> None:
         self._engine = engine
         self._authenticate = authenticate
         self._cloud = cloud
+        self._budgets = budgets or RequestBudgets()
 
     def engine(self) -> PolicyEngine:
         """The policy in force now (`PolicyEngine(None)`: none)."""
@@ -89,8 +93,10 @@ class PolicyGate:
         credentials: Credentials,
         local_models: Collection[str],
         start_local: StartLocal,
+        max_tokens: int,
     ) -> EventStream:
-        """The events of whichever target answers `request` under the policy."""
+        """The events of whichever target answers `request` under the policy; `max_tokens`:
+        the request's, resolved (for its budget reservation)."""
         body = {"prompt": request.prompt, **_sampling_body(request.sampling)}
         return await self._run(
             engine,
@@ -101,6 +107,7 @@ class PolicyGate:
             start_local,
             Endpoint.COMPLETIONS,
             lambda parts: {**body, "prompt": parts[0]},
+            max_tokens,
         )
 
     async def chat(
@@ -110,6 +117,7 @@ class PolicyGate:
         credentials: Credentials,
         local_models: Collection[str],
         start_local: StartLocal,
+        max_tokens: int,
     ) -> EventStream:
         roles = [m.role for m in request.messages]
         sampling = _sampling_body(request.sampling)
@@ -127,6 +135,7 @@ class PolicyGate:
             start_local,
             Endpoint.CHAT,
             cloud_body,
+            max_tokens,
         )
 
     async def _run(
@@ -139,10 +148,26 @@ class PolicyGate:
         start_local: StartLocal,
         endpoint: Endpoint,
         cloud_body: Callable[[tuple[str, ...]], dict[str, Any]],
+        max_tokens: int,
     ) -> EventStream:
         caller = self._caller(credentials)
         decision = engine.decide(parts, caller, requested=model, local_models=local_models)
         if decision.refusal:
+            raise PermissionDenied(f"the routing policy refuses this request: {decision.refusal}")
+        policy = engine.policy
+        assert policy is not None  # the gate runs only with a policy in force
+        admission = self._budgets.admit(policy, caller, decision.targets, parts, max_tokens)
+        if admission.restrictions.local_only:  # over a budget whose over_budget is "local"
+            decision = engine.decide(
+                parts,
+                caller,
+                requested=model,
+                restrictions=admission.restrictions,
+                local_models=local_models,
+            )
+        held = Held(admission.reservation, time.monotonic())
+        if decision.refusal:
+            self._settle(policy, held, None, None)
             raise PermissionDenied(f"the routing policy refuses this request: {decision.refusal}")
 
         def open_stream(target: Target, sent: tuple[str, ...]) -> AsyncIterator[GenerationEvent]:
@@ -153,8 +178,11 @@ class PolicyGate:
             return _failing(f"target {target.name}: forwarding to other agents is not built yet")
 
         try:
-            stream = await dispatch_stream(decision, engine.policy, open_stream, parts=parts)
-        except DispatchFailed as exc:
+            stream = await dispatch_stream(decision, policy, open_stream, parts=parts)
+        except BaseException as exc:
+            self._settle(policy, held, None, None)
+            if not isinstance(exc, DispatchFailed):
+                raise
             if exc.outcome is Outcome.REJECTED:
                 raise InvalidArgument(str(exc)) from exc
             raise Unavailable(f"no target of the routing policy answered: {exc}") from exc
@@ -166,7 +194,22 @@ class PolicyGate:
             decision.route,
             len(stream.attempts),
         )
-        return _events_of(stream)
+        return _SettlingStream(
+            stream, lambda finished: self._settle(policy, held, stream.target.name, finished)
+        )
+
+    def _settle(
+        self, policy: Policy, held: Held, target: str | None, finished: Finished | None
+    ) -> None:
+        usage = finished.usage if finished is not None else Usage(0, 0)
+        self._budgets.settle(
+            policy,
+            held.reservation,
+            target,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            busy_seconds=time.monotonic() - held.started,
+        )
 
     def _caller(self, credentials: Credentials) -> Caller:
         authorization = credentials.authorization
@@ -184,15 +227,53 @@ class PolicyGate:
         return replace(caller, declared_level=declared or None)
 
 
-async def _events_of(stream: Any) -> AsyncGenerator[GenerationEvent, None]:
-    """The dispatched stream's events; closing this closes the target's stream."""
+class _SettlingStream:
+    """A routed request's events; its budget reservation is settled exactly once, when the
+    events end, fail, or the reader closes it (also before reading anything)."""
+
+    def __init__(self, stream: Any, settle: Callable[[Finished | None], None]) -> None:
+        self._settled = False
+        self._settle = settle
+        self._stream = stream
+        self._events = _events_of(stream, self._settle_once)
+
+    def _settle_once(self, finished: Finished | None) -> None:
+        if not self._settled:
+            self._settled = True
+            self._settle(finished)
+
+    def __aiter__(self) -> _SettlingStream:
+        return self
+
+    def __anext__(self) -> Awaitable[GenerationEvent]:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+            await self._stream.aclose()  # also when nothing was read (the generator never ran)
+        finally:
+            self._settle_once(None)
+
+
+async def _events_of(
+    stream: Any, settle: Callable[[Finished | None], None]
+) -> AsyncGenerator[GenerationEvent, None]:
+    """The dispatched stream's events; closing this closes the target's stream. `settle` is
+    called once at the end with the Finished event (None if the stream ended without one)."""
+    finished: Finished | None = None
     try:
         async for event in stream:
+            if isinstance(event, Finished):
+                finished = event
             yield event
     except TargetFailure as exc:  # after its first chunk: no fallback (see dispatch)
         raise GenerationFailed(f"the answering target failed: {exc.reason}") from exc
     finally:
-        await stream.aclose()
+        try:
+            await stream.aclose()
+        finally:
+            settle(finished)
 
 
 async def _local_events(

@@ -188,3 +188,37 @@ def test_grpc_callers_need_a_key_too_and_theirs_is_routed(
         metadata = (("authorization", f"Bearer {KEY}"),)
         answers = list(stub.Generate(request, timeout=60, metadata=metadata))
     assert "".join(a.text for a in answers) == ANSWER_TEXT
+
+
+BUDGETED = (
+    POLICY
+    + """
+budgets:
+  teams:
+    support: {requests_per_minute: 2, over_budget: %s}
+"""
+)
+
+
+@pytest.mark.parametrize("over_budget", ["reject", "local"])
+def test_a_team_over_its_rate_is_refused_or_kept_local_as_the_policy_says(
+    demo_model: Path, cloud: RecordingOpenAI, over_budget: str
+) -> None:
+    document = BUDGETED % (cloud.base_url, over_budget)
+    policy = StaticPolicy(PolicyEngine(parse_policy(document)))
+    model = ModelSettings(path=demo_model, alias="smol", context_length=512)
+    settings = agent_settings([model])
+    environ = {"CLOUD_KEY": "sk-cloud-secret"}
+    with RunningAgent(settings, llama_factory(), policy=policy, environ=environ) as agent:
+        agent.wait_until_serving()
+        cloud.behave(Behaviour.STREAM)
+        before = len(cloud.received)
+        assert ask(agent, "Name a colour.") == ANSWER_TEXT
+        assert ask(agent, "Name a fruit.") == ANSWER_TEXT
+        assert len(cloud.received) == before + 2
+        if over_budget == "reject":
+            with pytest.raises(openai.RateLimitError, match="over budget: team support"):
+                ask(agent, "Name a tree.")
+        else:  # the third request within the minute goes to the local model only
+            assert ask(agent, "1, 2, 3,") != ANSWER_TEXT
+        assert len(cloud.received) == before + 2
