@@ -7,13 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane import cli
 from controlplane.auth import Role
 from controlplane.inference_keys import INFERENCE_KEY_PATTERN
 from controlplane.services import ControlPlaneServices
+from tests.cli_calls import NOWHERE, admin, run
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
-
-NOWHERE = ["--url", "http://127.0.0.1:9", "--api-key", "k"]  # nothing listens there
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +25,6 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane
 def services(cp: RunningControlPlane) -> ControlPlaneServices:
     assert cp.server.services is not None
     return cp.server.services
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = cli.main(list(argv), environ={})
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def admin(cp: RunningControlPlane, *argv: str, key: str | None = None) -> list[str]:
-    url = f"http://127.0.0.1:{cp.ports.http}"
-    return ["--url", url, "--api-key", key or cp.admin_key, *argv]
 
 
 def test_create_prints_the_key_once_then_list_and_revoke(

@@ -18,6 +18,7 @@ from common.control import AgentStatus, ItemState, ItemStatus
 from controlplane import cli
 from controlplane.auth import Role
 from controlplane.services import ControlPlaneServices
+from tests.cli_calls import admin, run
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.unit.test_controlplane_api import enroll
 from tests.unit.test_gguf_info import write_adapter, write_gguf
@@ -44,16 +45,6 @@ def services(cp: RunningControlPlane) -> ControlPlaneServices:
 @pytest.fixture(scope="module")
 def operator_key(services: ControlPlaneServices) -> str:
     return services.api_keys.create("ops", Role.OPERATOR)[0]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = cli.main(list(argv), environ={})
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def admin(cp: RunningControlPlane, *argv: str) -> list[str]:
-    return ["--url", f"http://127.0.0.1:{cp.ports.http}", "--api-key", cp.admin_key, *argv]
 
 
 def ok(capsys: pytest.CaptureFixture[str], cp: RunningControlPlane, *argv: str) -> str:

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 
 from common.policy.document import MAX_DOCUMENT_BYTES, parse_policy
-from controlplane import cli
 from controlplane.auth import Role
 from controlplane.services import ControlPlaneServices
+from tests.cli_calls import NOWHERE, admin, run
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.policy_documents import CLOUD, EXAMPLE, MINIMAL, line_of
 
 UNKNOWN_LEVEL = MINIMAL.replace("max_level: internal", "max_level: secretish")
 CARD = "4111 1111 1111 1111"
-NOWHERE = ["--url", "http://127.0.0.1:9", "--api-key", "k"]  # nothing listens there
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +30,6 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane
 def services(cp: RunningControlPlane) -> ControlPlaneServices:
     assert cp.server.services is not None
     return cp.server.services
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = cli.main(list(argv), environ={})
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def admin(cp: RunningControlPlane, *argv: str, key: str | None = None) -> list[str]:
-    url = f"http://127.0.0.1:{cp.ports.http}"
-    return ["--url", url, "--api-key", key or cp.admin_key, *argv]
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
