@@ -19,6 +19,7 @@ from agent.request_validation import (
 )
 from common.errors import InvalidArgument, NotFound
 from common.inference import ChatRequest, CompletionRequest, ModelInfo
+from common.policy.routing import PolicyEngine
 
 # A request names an adapter of a model as "alias:adapter" (aliases never contain ':').
 ADAPTER_SEPARATOR = ":"
@@ -59,8 +60,8 @@ class Inference:
         self, request: CompletionRequest, credentials: Credentials = NO_CREDENTIALS
     ) -> EventStream:
         """The request's events; under a routing policy, from the target the policy picks."""
-        engine = self._gate.engine() if self._gate is not None else None
-        if self._gate is None or engine is None or engine.policy is None:
+        gate, engine = self._gate, self._policy_in_force()
+        if gate is None or engine is None:
             return await self._completion_here(request)
         check_prompt(request.prompt)  # bad input is refused before it is routed anywhere
         max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
@@ -68,16 +69,14 @@ class Inference:
         async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
             return await self._completion_here(replace(request, model=alias, prompt=parts[0]))
 
-        return await self._gate.completion(
-            engine, request, credentials, self._aliases(), start_local, max_tokens
-        )
+        return await gate.completion(engine, request, credentials, start_local, max_tokens)
 
     async def start_chat(
         self, request: ChatRequest, credentials: Credentials = NO_CREDENTIALS
     ) -> EventStream:
         """The request's events; under a routing policy, from the target the policy picks."""
-        engine = self._gate.engine() if self._gate is not None else None
-        if self._gate is None or engine is None or engine.policy is None:
+        gate, engine = self._gate, self._policy_in_force()
+        if gate is None or engine is None:
             return await self._chat_here(request)
         check_messages(request.messages)
         max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
@@ -88,12 +87,15 @@ class Inference:
             )
             return await self._chat_here(replace(request, model=alias, messages=messages))
 
-        return await self._gate.chat(
-            engine, request, credentials, self._aliases(), start_local, max_tokens
-        )
+        return await gate.chat(engine, request, credentials, start_local, max_tokens)
 
-    def _aliases(self) -> set[str]:
-        return {m.alias for m in self._pool.describe()}
+    def _policy_in_force(self) -> PolicyEngine | None:
+        """The routing policy's engine when the agent enforces one, else None (then requests
+        name this agent's models and need no key)."""
+        if self._gate is None:
+            return None
+        engine = self._gate.engine()
+        return engine if engine.policy is not None else None
 
     async def _completion_here(self, request: CompletionRequest) -> GenerationStream:
         runner, adapter = self._runner(request.model)

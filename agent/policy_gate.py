@@ -7,8 +7,10 @@ level but never lower it. `PolicyEngine.decide` classifies the prompt and lists 
 `dispatch_stream` tries them in order: a `local` target runs on this agent's model of that
 alias, a `cloud` target is called through the OpenAI-compatible client (its answer turned
 into the same text events a local model gives), and a `site_agent` target fails (forwarding
-to other agents is not built yet), so the policy's fallbacks apply. A refusal is 403, a
-missing or unknown key 401, no target answering 503 with every attempt's reason.
+to other agents is not built yet), so the policy's fallbacks apply. Each routed request is
+reserved on its team's and key's budgets first and settled when it ends
+(agent/request_budgets.py). A refusal is 403, a missing or unknown key 401, a budget that
+rejects 429, no target answering 503 with every attempt's reason.
 Without a policy nothing changes: no key is asked for and only local models answer.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,11 +66,6 @@ Authenticate = Callable[[str | None], Caller | None]
 StartLocal = Callable[[str, tuple[str, ...]], Awaitable[GenerationStream]]
 
 
-def no_keys(_: str | None) -> Caller | None:
-    """The authenticator of an agent that has been given no inference keys: nobody."""
-    return None
-
-
 class PolicyGate:
     def __init__(
         self,
@@ -91,7 +88,6 @@ class PolicyGate:
         engine: PolicyEngine,
         request: CompletionRequest,
         credentials: Credentials,
-        local_models: Collection[str],
         start_local: StartLocal,
         max_tokens: int,
     ) -> EventStream:
@@ -103,7 +99,6 @@ class PolicyGate:
             request.model,
             (request.prompt,),
             credentials,
-            local_models,
             start_local,
             Endpoint.COMPLETIONS,
             lambda parts: {**body, "prompt": parts[0]},
@@ -115,7 +110,6 @@ class PolicyGate:
         engine: PolicyEngine,
         request: ChatRequest,
         credentials: Credentials,
-        local_models: Collection[str],
         start_local: StartLocal,
         max_tokens: int,
     ) -> EventStream:
@@ -131,7 +125,6 @@ class PolicyGate:
             request.model,
             tuple(m.content for m in request.messages),
             credentials,
-            local_models,
             start_local,
             Endpoint.CHAT,
             cloud_body,
@@ -144,14 +137,13 @@ class PolicyGate:
         model: str,
         parts: tuple[str, ...],
         credentials: Credentials,
-        local_models: Collection[str],
         start_local: StartLocal,
         endpoint: Endpoint,
         cloud_body: Callable[[tuple[str, ...]], dict[str, Any]],
         max_tokens: int,
     ) -> EventStream:
         caller = self._caller(credentials)
-        decision = engine.decide(parts, caller, requested=model, local_models=local_models)
+        decision = engine.decide(parts, caller, requested=model)
         if decision.refusal:
             raise PermissionDenied(f"the routing policy refuses this request: {decision.refusal}")
         policy = engine.policy
@@ -159,11 +151,7 @@ class PolicyGate:
         admission = self._budgets.admit(policy, caller, decision.targets, parts, max_tokens)
         if admission.restrictions.local_only:  # over a budget whose over_budget is "local"
             decision = engine.decide(
-                parts,
-                caller,
-                requested=model,
-                restrictions=admission.restrictions,
-                local_models=local_models,
+                parts, caller, requested=model, restrictions=admission.restrictions
             )
         held = Held(admission.reservation, time.monotonic())
         if decision.refusal:
