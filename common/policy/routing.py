@@ -117,10 +117,6 @@ class PolicyEngine:
         if self.policy is not None:
             self._detectors = tuple(_build(d) for d in self.policy.detectors)
 
-    @property
-    def levels(self) -> tuple[str, ...]:
-        return self.policy.levels if self.policy is not None else ()
-
     def classify(self, parts: Sequence[str], caller: Caller) -> Classification:
         """The request's level: the highest of the policy's default, the role's minimum, the
         declared level and every finding; the highest level of all if a detector failed."""
