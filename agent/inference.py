@@ -18,11 +18,8 @@ from agent.request_validation import (
     resolve_sampling,
 )
 from common.errors import InvalidArgument, NotFound
-from common.inference import ChatRequest, CompletionRequest, ModelInfo
+from common.inference import ADAPTER_SEPARATOR, ChatRequest, CompletionRequest, ModelInfo
 from common.policy.routing import PolicyEngine
-
-# A request names an adapter of a model as "alias:adapter" (aliases never contain ':').
-ADAPTER_SEPARATOR = ":"
 
 
 class Inference:

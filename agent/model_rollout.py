@@ -15,13 +15,13 @@ from typing import Any
 from agent.artifacts.download import ChunkSource, Downloader, Progress, resolve_manifest
 from agent.artifacts.store import ArtifactError, ArtifactStore
 from agent.control.backoff import Backoff
-from agent.inference import ADAPTER_SEPARATOR
 from agent.model_pool import ModelPool
 from agent.settings import ModelSettings
 from common.artifacts import check_sha256
 from common.control import DesiredState, ItemState, ItemStatus, ModelAssignment
 from common.errors import InvalidArgument
 from common.files import atomic_write
+from common.inference import adapter_model_name
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ModelRollout:
             if self.store.has(adapter.sha256):
                 present.append((adapter.name, self.store.blob_path(adapter.sha256)))
             else:
-                label = f"{model.alias}{ADAPTER_SEPARATOR}{adapter.name}"
+                label = adapter_model_name(model.alias, adapter.name)
                 self._ensure_download(adapter.sha256, adapter.size_bytes, label)
         return tuple(present)
 
@@ -178,7 +178,7 @@ class ModelRollout:
             served = pool.served(model.alias)
             loaded = dict(served.adapters) if served is not None else {}
             for adapter in model.adapters:
-                name = f"{model.alias}{ADAPTER_SEPARATOR}{adapter.name}"
+                name = adapter_model_name(model.alias, adapter.name)
                 base = ItemStatus("adapter", name, ItemState.PENDING, sha256=adapter.sha256)
                 if loaded.get(adapter.name) == self.store.blob_path(adapter.sha256):
                     items.append(replace(base, state=ItemState.READY))

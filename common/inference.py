@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# A request names an adapter of a model as "alias:adapter" (aliases never contain ':').
+ADAPTER_SEPARATOR = ":"
+
+
+def adapter_model_name(alias: str, adapter: str) -> str:
+    """The model name a request gives to use `adapter` of the model served as `alias`."""
+    return f"{alias}{ADAPTER_SEPARATOR}{adapter}"
+
 
 class FinishReason(StrEnum):
     STOP = "stop"
