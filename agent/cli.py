@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT where the site's agents fetch models from this one (default: not served)",
     )
     run.add_argument(
+        "--inference-address",
+        help="HOST:PORT where the control plane's gateway and the site's agents forward requests "
+        "to this one's HTTP port (PORT 0: the port bound; default: it takes none)",
+    )
+    run.add_argument(
         "--download-rate-limit", type=int, help="bytes per second for model downloads (0: no limit)"
     )
     run.add_argument(
@@ -121,6 +126,7 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
             "ca_fingerprint": args.ca_fingerprint,
             "insecure_control": args.insecure_control,
             "peer_address": args.peer_address,
+            "inference_address": args.inference_address,
             "download_rate_limit": args.download_rate_limit,
         }
     settings = apply_overrides(settings, overrides)
@@ -191,6 +197,7 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> ManagedA
         defaults,
         telemetry_interval_s=settings.telemetry_interval_s,
         peer_address=settings.peer_address,
+        inference_address=settings.inference_address,
         download_rate_limit=settings.download_rate_limit,
     )
 

@@ -44,6 +44,7 @@ class ManagedAgent:
         *,
         telemetry_interval_s: float = 5.0,
         peer_address: str = "",
+        inference_address: str = "",
         download_rate_limit: int = 0,
     ) -> None:
         self._identities = IdentityStore(state_dir)
@@ -70,6 +71,7 @@ class ManagedAgent:
             telemetry=self._uplink,
         )
         self.link.peer_address = peer_address
+        self._inference_address = inference_address
         self.artifacts = ArtifactStore(state_dir / "artifacts")
         self.rollout = ModelRollout(
             state_dir,
@@ -97,9 +99,8 @@ class ManagedAgent:
 
     async def prepare(self, pool: ModelPool, metrics: AgentMetrics, ports: BoundPorts) -> None:
         """Serves what the last desired state asked for before the control plane answers."""
-        host, _, port = self.link.peer_address.rpartition(":")
-        if port.isdigit() and int(port) == 0:  # HOST:0 — the port the gRPC server bound
-            self.link.peer_address = f"{host}:{ports.grpc}"
+        self.link.peer_address = _bound(self.link.peer_address, ports.grpc)
+        self._inference_address = _bound(self._inference_address, ports.http)
         self._pool = pool
         self._metrics = metrics
         await asyncio.to_thread(self.policy.load)  # enforced before the control plane answers
@@ -188,4 +189,12 @@ class ManagedAgent:
     def _hello(self, agent_id: str, observed_generation: int) -> Hello:
         paths = self._pool.model_paths() if self._pool else []
         hello = build_hello(agent_id, observed_generation, paths, self._capabilities)
-        return replace(hello, peer_address=self.link.peer_address)
+        return replace(
+            hello, peer_address=self.link.peer_address, inference_address=self._inference_address
+        )
+
+
+def _bound(address: str, port_bound: int) -> str:
+    """HOST:0 made HOST:`port_bound` (the port the server bound); any other value as is."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{port_bound}" if port.isdigit() and int(port) == 0 else address

@@ -57,6 +57,9 @@ class AgentSettings:
     # Managed mode: HOST:PORT where the site's other agents reach this one's gRPC port to
     # fetch verified models from it (empty: it does not serve peers).
     peer_address: str = ""
+    # Managed mode: HOST:PORT where the control plane's gateway and the site's other agents
+    # reach this one's OpenAI HTTP port with forwarded requests (empty: it takes none).
+    inference_address: str = ""
     download_rate_limit: int = 0  # bytes per second for model downloads; 0: unlimited
 
 
@@ -199,15 +202,8 @@ def validate(settings: AgentSettings, *, managed: bool = False) -> AgentSettings
         raise SettingsError("telemetry_interval_s must be between 1 and 3600")
     if settings.download_rate_limit < 0:
         raise SettingsError("download_rate_limit must not be negative (0: unlimited)")
-    if settings.peer_address:
-        host, _, port = settings.peer_address.rpartition(":")
-        bad_host = not host or not host.isprintable() or any(c.isspace() for c in host)
-        # isascii: str.isdigit also accepts '²' (int() refuses it) and other scripts' digits
-        if bad_host or not (port.isascii() and port.isdigit()) or not int(port) < 65536:
-            raise SettingsError(
-                f"peer_address must be HOST:PORT (PORT 0: the gRPC port), "
-                f"got {settings.peer_address!r}"
-            )
+    _check_address("peer_address", settings.peer_address, "the gRPC port")
+    _check_address("inference_address", settings.inference_address, "the HTTP port")
     if settings.max_stop_sequences < 0:
         raise SettingsError("max_stop_sequences must not be negative")
     if settings.log_level.upper() not in LOG_LEVELS:
@@ -242,3 +238,14 @@ def _is_name(text: str) -> bool:
 
 def resolve_threads(model: ModelSettings) -> int:
     return model.threads or os.cpu_count() or 1
+
+
+def _check_address(name: str, value: str, port_zero: str) -> None:
+    """`value` is empty or HOST:PORT (PORT 0: `port_zero`, the one the agent binds)."""
+    if not value:
+        return
+    host, _, port = value.rpartition(":")
+    bad_host = not host or not host.isprintable() or any(c.isspace() for c in host)
+    # isascii: str.isdigit also accepts '²' (int() refuses it) and other scripts' digits
+    if bad_host or not (port.isascii() and port.isdigit()) or not int(port) < 65536:
+        raise SettingsError(f"{name} must be HOST:PORT (PORT 0: {port_zero}), got {value!r}")

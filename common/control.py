@@ -102,6 +102,7 @@ class Hello:
     models: tuple[LocalModel, ...] = ()
     observed_generation: int = 0
     peer_address: str = ""  # HOST:PORT of its ArtifactService for peers; empty: none
+    inference_address: str = ""  # HOST:PORT of its OpenAI HTTP port for forwarded requests
 
 
 @dataclass(frozen=True)

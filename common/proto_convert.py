@@ -278,6 +278,7 @@ def hello_to_pb(hello: Hello) -> cpb.Hello:
         models=[cpb.LocalModel(path=m.path, size_bytes=m.size_bytes) for m in hello.models],
         observed_generation=hello.observed_generation,
         peer_address=hello.peer_address,
+        inference_address=hello.inference_address,
     )
 
 
@@ -297,6 +298,7 @@ def hello_from_pb(message: cpb.Hello) -> Hello:
         models=tuple(LocalModel(path=m.path, size_bytes=m.size_bytes) for m in message.models),
         observed_generation=message.observed_generation,
         peer_address=message.peer_address,
+        inference_address=message.inference_address,
     )
 
 

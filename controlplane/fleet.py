@@ -67,7 +67,7 @@ def _rate(value: float) -> float:
     return value if math.isfinite(value) and 0 <= value < 1e15 else 0.0
 
 
-def _peer_address(value: str) -> str:
+def _host_port(value: str) -> str:
     host, _, port = value.rpartition(":")
     valid = bool(host) and port.isdigit() and 0 < int(port) < 65536
     return value if valid and len(value) <= NAME_CHARS and value.isprintable() else ""
@@ -266,7 +266,8 @@ class Fleet:
                 for k, v in asdict(hello.hardware).items()
             }
             agent.observed_generation = observed
-            agent.peer_address = _peer_address(hello.peer_address)
+            agent.peer_address = _host_port(hello.peer_address)
+            agent.inference_address = _host_port(hello.inference_address)
             agent.last_seen_at = self._clock()
             session.add(agent)
         return agent

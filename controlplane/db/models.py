@@ -101,6 +101,7 @@ class Agent(SQLModel, table=True):
     status_items: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     # HOST:PORT where the agent serves verified artifacts to its site's peers ("": it does not)
     peer_address: str = Field(default="", max_length=NAME_CHARS)
+    inference_address: str = Field(default="", max_length=NAME_CHARS)
     enrolled_at: datetime = Field(sa_type=UtcDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -378,7 +378,7 @@ def test_artifact_sources_list_peers_first_and_the_control_plane_last(tmp_path: 
 
 @contextlib.contextmanager
 def standalone_agent(
-    state_dir: Path, models: FakeModels, peer_address: str = ""
+    state_dir: Path, models: FakeModels, peer_address: str = "", inference_address: str = ""
 ) -> Iterator[tuple[RunningAgent, ManagedAgent]]:
     link = ControlLinkSettings(control_plane="", join_token="", ca_fingerprint="")
     companion = ManagedAgent(
@@ -386,6 +386,7 @@ def standalone_agent(
         link,
         ModelSettings(path=Path(), alias="model", threads=2),
         peer_address=peer_address,
+        inference_address=inference_address,
     )
     settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
     with RunningAgent(settings, models, companion) as agent:
@@ -406,10 +407,15 @@ def test_a_standalone_agent_serves_its_stored_state_and_its_blobs_to_peers(
 
     with (
         caplog.at_level(logging.INFO),
-        standalone_agent(state_dir, models, peer_address="127.0.0.1:0") as (agent, companion),
+        standalone_agent(
+            state_dir, models, peer_address="127.0.0.1:0", inference_address="127.0.0.1:0"
+        ) as (agent, companion),
     ):
-        # HOST:0 became the port the gRPC server bound.
+        # HOST:0 became the port the gRPC (HTTP) server bound, as the hello reports.
         assert companion.link.peer_address == f"127.0.0.1:{agent.ports.grpc}"
+        hello = companion._hello("a-1", 3)
+        assert hello.peer_address == f"127.0.0.1:{agent.ports.grpc}"
+        assert hello.inference_address == f"127.0.0.1:{agent.ports.http}"
         assert companion.link.observed_generation == 3
         assert companion.rollout.records["tiny"].serving == sha256
         listed = httpx.get(f"{agent.http_base}/v1/models", timeout=30).json()
@@ -462,8 +468,9 @@ def managed(**values: Any) -> AgentSettings:
 @pytest.mark.parametrize(
     "address", ["127.0.0.1:0", "10.1.2.3:50051", "agent-7.branch.example:8701", "[::1]:50051"]
 )
-def test_good_peer_addresses_are_accepted(address: str) -> None:
-    assert managed(peer_address=address).peer_address == address
+@pytest.mark.parametrize("name", ["peer_address", "inference_address"])
+def test_good_addresses_are_accepted(name: str, address: str) -> None:
+    assert getattr(managed(**{name: address}), name) == address
 
 
 @pytest.mark.parametrize(
@@ -482,11 +489,16 @@ def test_good_peer_addresses_are_accepted(address: str) -> None:
         "agent-7\n:80",
     ],
 )
-def test_bad_peer_addresses_are_refused_with_a_clear_message(address: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "port_zero"), [("peer_address", "gRPC"), ("inference_address", "HTTP")]
+)
+def test_bad_addresses_are_refused_with_a_clear_message(
+    name: str, port_zero: str, address: str
+) -> None:
     with pytest.raises(SettingsError) as refused:
-        managed(peer_address=address)
+        managed(**{name: address})
     assert str(refused.value) == (
-        f"peer_address must be HOST:PORT (PORT 0: the gRPC port), got {address!r}"
+        f"{name} must be HOST:PORT (PORT 0: the {port_zero} port), got {address!r}"
     )
 
 

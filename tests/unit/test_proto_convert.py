@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from common.control import Hardware, Hello, LocalModel
 from common.inference import (
     ChatMessage,
     ChatRequest,
@@ -24,6 +25,8 @@ from common.proto_convert import (
     completion_request_to_pb,
     event_from_pb,
     event_to_pb,
+    hello_from_pb,
+    hello_to_pb,
     model_info_from_pb,
     model_info_to_pb,
     sampling_from_pb,
@@ -265,3 +268,17 @@ def test_a_desired_state_carries_its_policy_or_none() -> None:
     empty = desired_state_to_pb(DesiredState(generation=1, policy=PolicyDocument(1, "", "")))
     decoded = desired_state_from_pb(cpb.DesiredState.FromString(empty.SerializeToString()))
     assert decoded.policy == PolicyDocument(1, "", "")
+
+
+def test_a_hello_round_trips_with_its_addresses() -> None:
+    hello = Hello(
+        "a-1",
+        "1.2",
+        Hardware(hostname="nuc-7", cpu_cores=4),
+        capabilities=("gpu",),
+        models=(LocalModel("/m.gguf", 10),),
+        observed_generation=3,
+        peer_address="10.0.0.7:8703",
+        inference_address="10.0.0.7:8080",
+    )
+    assert hello_from_pb(hello_to_pb(hello)) == hello

@@ -202,7 +202,7 @@ class LocalModel(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "version", "hardware", "capabilities", "models", "observed_generation", "peer_address")
+    __slots__ = ("agent_id", "version", "hardware", "capabilities", "models", "observed_generation", "peer_address", "inference_address")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,7 @@ class Hello(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     version: str
     hardware: Hardware
@@ -217,7 +218,8 @@ class Hello(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[LocalModel]
     observed_generation: int
     peer_address: str
-    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ..., peer_address: _Optional[str] = ...) -> None: ...
+    inference_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., version: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[LocalModel, _Mapping]]] = ..., observed_generation: _Optional[int] = ..., peer_address: _Optional[str] = ..., inference_address: _Optional[str] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
     __slots__ = ("alias", "path", "context_length", "gpu_layers", "queue_depth", "sha256", "size_bytes", "model_name", "model_version", "threads", "adapters")
