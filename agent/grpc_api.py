@@ -10,8 +10,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.inference import Inference
-from agent.model_runner import EventStream, GenerationFailed
-from agent.policy_gate import DECLARED_LEVEL_HEADER, Credentials
 from common.errors import (
     InvalidArgument,
     NotFound,
@@ -21,6 +19,8 @@ from common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from common.inference import EventStream, GenerationFailed
+from common.policy.gate import Credentials, credentials_from
 from common.proto_convert import (
     chat_request_from_pb,
     completion_request_from_pb,
@@ -79,11 +79,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
 def _credentials(context: grpc.aio.ServicerContext) -> Credentials:
     metadata = {key: value for key, value in context.invocation_metadata() or ()}
-    authorization, level = metadata.get("authorization"), metadata.get(DECLARED_LEVEL_HEADER)
-    return Credentials(
-        authorization if isinstance(authorization, str) else None,
-        level if isinstance(level, str) else None,
-    )
+
+    def text(name: str) -> str | None:
+        value = metadata.get(name)
+        return value if isinstance(value, str) else None  # binary (-bin) values are bytes
+
+    return credentials_from(text)
 
 
 async def _relay(

@@ -8,17 +8,19 @@ from dataclasses import replace
 
 from agent.engine.protocol import ResolvedSampling
 from agent.model_pool import ModelPool
-from agent.model_runner import EventStream, GenerationStream, ModelRunner
-from agent.policy_gate import NO_CREDENTIALS, Credentials, PolicyGate
-from agent.request_validation import (
-    RequestLimits,
+from agent.model_runner import GenerationStream, ModelRunner
+from agent.request_validation import RequestLimits, check_prompt_fits, resolve_sampling
+from common.errors import InvalidArgument, NotFound
+from common.inference import (
+    ADAPTER_SEPARATOR,
+    ChatRequest,
+    CompletionRequest,
+    EventStream,
+    ModelInfo,
     check_messages,
     check_prompt,
-    check_prompt_fits,
-    resolve_sampling,
 )
-from common.errors import InvalidArgument, NotFound
-from common.inference import ADAPTER_SEPARATOR, ChatRequest, CompletionRequest, ModelInfo
+from common.policy.gate import NO_CREDENTIALS, Credentials, PolicyGate
 from common.policy.routing import PolicyEngine
 
 

@@ -6,33 +6,18 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, cast
+from typing import cast
 
 from agent.engine.protocol import ModelBackend, ResolvedSampling
 from agent.telemetry.inference_metrics import ModelMetrics
 from common.errors import ResourceExhausted
-from common.inference import Finished, GenerationEvent, TextDelta
+from common.inference import Finished, GenerationEvent, GenerationFailed, TextDelta
 
 log = logging.getLogger(__name__)
 
 _END = object()
-
-
-class GenerationFailed(Exception):
-    """The backend raised while generating; the model stays usable for the next request."""
-
-
-class EventStream(Protocol):
-    """What front ends read: a generation's events (a local model's GenerationStream, or a
-    routed one's); closing it ends the generation."""
-
-    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
-
-    def __anext__(self) -> Awaitable[GenerationEvent]: ...
-
-    def aclose(self) -> Awaitable[None]: ...
 
 
 class GenerationStream:

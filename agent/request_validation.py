@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.engine.protocol import ResolvedSampling
 from common.errors import InvalidArgument
-from common.inference import ChatMessage, SamplingParams
+from common.inference import SamplingParams
 
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
-MAX_MESSAGES = 256
 MAX_STOP_LENGTH = 256
 MAX_SEED = 2**32 - 1
 MAX_TOP_K = 100_000
@@ -84,26 +81,6 @@ def resolve_sampling(
         seed=int(seed),
         stop=tuple(params.stop),
     )
-
-
-def check_prompt(prompt: str) -> None:
-    if not prompt:
-        raise InvalidArgument("prompt must not be empty")
-
-
-def check_messages(messages: Sequence[ChatMessage]) -> None:
-    if not messages:
-        raise InvalidArgument("messages must not be empty")
-    if len(messages) > MAX_MESSAGES:
-        raise InvalidArgument(f"at most {MAX_MESSAGES} messages are allowed, got {len(messages)}")
-    for index, message in enumerate(messages):
-        if message.role not in CHAT_ROLES:
-            raise InvalidArgument(
-                f"messages[{index}].role must be one of {', '.join(sorted(CHAT_ROLES))}, "
-                f"got {message.role!r}"
-            )
-    if not any(m.role == "user" and m.content for m in messages):
-        raise InvalidArgument("messages must contain at least one non-empty user message")
 
 
 def check_prompt_fits(prompt_tokens: int, context_length: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from agent.grpc_api import GrpcFrontEnd
 from agent.http_api import create_app
 from agent.inference import Inference
 from agent.model_pool import BackendFactory, ModelPool
-from agent.policy_gate import PolicyGate
 from agent.request_validation import RequestLimits
 from agent.settings import AgentSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from common.embedded_http import bind_listener, embedded_server
+from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
 from common.policy.cloud_client import CloudClient
+from common.policy.gate import PolicyGate
+from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
 from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,14 @@ class AgentServer:
         self._companion = companion
         self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
         self._cloud = CloudClient(environ=dict(environ or {}))
-        gate = (
-            PolicyGate(policy.current_engine, policy.authenticate, self._cloud)
+        self._webhooks = WebhookNotifier()
+        self.gate = (
+            PolicyGate(
+                policy.current_engine,
+                policy.authenticate,
+                self._cloud,
+                alerts=RequestAlerts(Notifiers(LogNotifier(), self._webhooks)),
+            )
             if policy is not None
             else None
         )
@@ -95,7 +104,7 @@ class AgentServer:
                 default_max_tokens=settings.default_max_tokens,
                 max_stop_sequences=settings.max_stop_sequences,
             ),
-            gate,
+            self.gate,
         )
         self.metrics = AgentMetrics.for_paths(self.pool, _disk_paths(settings))
         self._stop: asyncio.Event | None = None
@@ -133,12 +142,13 @@ class AgentServer:
                 on_listening.set_result(ports)
             load_task = asyncio.create_task(self._lifecycle(grpc_front, self._stop, ports))
             stop_task = asyncio.create_task(self._stop.wait())
+            alerts_task = asyncio.create_task(self._evaluate_alerts(self._stop))
             done, _ = await asyncio.wait(
                 {load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED
             )
             if load_task in done and load_task.exception() is None:
                 await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (load_task, stop_task):
+            for task in (load_task, stop_task, alerts_task):
                 task.cancel()
             log.info("shutting down")
             await grpc_front.stop(SHUTDOWN_GRACE_SECONDS)
@@ -149,7 +159,18 @@ class AgentServer:
         finally:
             http_socket.close()
             await self._cloud.aclose()
+            await asyncio.to_thread(self._webhooks.close)
             await asyncio.to_thread(self.pool.close)
+
+    async def _evaluate_alerts(self, stop: asyncio.Event) -> None:
+        """Measures the policy's alert rules every few seconds, so firing rules clear (and
+        their actions end) also while no request comes in."""
+        if self.gate is None:
+            return
+        while not stop.is_set():
+            await asyncio.to_thread(self.gate.evaluate_alerts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), EVALUATE_EVERY_S)
 
     async def _lifecycle(
         self, grpc_front: GrpcFrontEnd, stop: asyncio.Event, ports: BoundPorts

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
+
+from common.errors import InvalidArgument
 
 # A request names an adapter of a model as "alias:adapter" (aliases never contain ':').
 ADAPTER_SEPARATOR = ":"
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+MAX_MESSAGES = 256
 
 
 def adapter_model_name(alias: str, adapter: str) -> str:
@@ -90,3 +96,38 @@ class ModelInfo:
     context_length: int
     size_bytes: int
     ready: bool
+
+
+class GenerationFailed(Exception):
+    """The backend raised while generating; the model stays usable for the next request."""
+
+
+class EventStream(Protocol):
+    """What front ends read: a generation's events (a local model's GenerationStream, or a
+    routed one's); closing it ends the generation."""
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+
+    def __anext__(self) -> Awaitable[GenerationEvent]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt:
+        raise InvalidArgument("prompt must not be empty")
+
+
+def check_messages(messages: Sequence[ChatMessage]) -> None:
+    if not messages:
+        raise InvalidArgument("messages must not be empty")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgument(f"at most {MAX_MESSAGES} messages are allowed, got {len(messages)}")
+    for index, message in enumerate(messages):
+        if message.role not in CHAT_ROLES:
+            raise InvalidArgument(
+                f"messages[{index}].role must be one of {', '.join(sorted(CHAT_ROLES))}, "
+                f"got {message.role!r}"
+            )
+    if not any(m.role == "user" and m.content for m in messages):
+        raise InvalidArgument("messages must contain at least one non-empty user message")

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import pytest
 
 from agent.engine.protocol import BackendDescription, ModelBackend, ResolvedSampling
-from agent.model_runner import GenerationFailed, GenerationStream, ModelRunner
+from agent.model_runner import GenerationStream, ModelRunner
 from common.errors import ResourceExhausted
 from common.inference import (
     ChatMessage,
     Finished,
     FinishReason,
     GenerationEvent,
+    GenerationFailed,
     TextDelta,
     Usage,
 )

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from agent.openai_schema import (
+from common.errors import InvalidArgument
+from common.inference import ChatMessage, ChatRequest, CompletionRequest, SamplingParams
+from common.json_body import parse_json_object
+from common.openai_schema import (
     StreamOptions,
     chat_request,
     completion_request,
     stream_options,
 )
-from common.errors import InvalidArgument
-from common.inference import ChatMessage, ChatRequest, CompletionRequest, SamplingParams
-from common.json_body import parse_json_object
 
 USER_HI: dict[str, Any] = {"role": "user", "content": "hi"}
 

@@ -10,19 +10,16 @@ import pytest
 
 from agent.engine.protocol import ResolvedSampling
 from agent.request_validation import (
-    MAX_MESSAGES,
     MAX_SEED,
     MAX_STOP_LENGTH,
     MAX_TOP_K,
     RequestLimits,
     SamplingDefaults,
-    check_messages,
-    check_prompt,
     check_prompt_fits,
     resolve_sampling,
 )
 from common.errors import InvalidArgument
-from common.inference import ChatMessage, SamplingParams
+from common.inference import MAX_MESSAGES, ChatMessage, SamplingParams, check_messages, check_prompt
 
 LIMITS = RequestLimits(max_tokens_limit=512, default_max_tokens=64, max_stop_sequences=3)
 

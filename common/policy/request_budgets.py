@@ -1,4 +1,4 @@
-"""The policy's budgets and rate limits on one agent: reserve before a request, settle after."""
+"""The policy's budgets and rate limits at one enforcement point: reserve first, settle after."""
 
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ class RequestBudgets:
         prompt_tokens: int,
         completion_tokens: int,
         busy_seconds: float,
-    ) -> None:
-        """Replaces the estimate by what the request used (nothing when no target answered)."""
+    ) -> int:
+        """Replaces the estimate by what the request used (nothing when no target answered);
+        returns the request's cost in nanos."""
         tracker, costs = self._for(policy)
         cost = (
             costs.request_cost(
@@ -101,3 +102,4 @@ class RequestBudgets:
             else 0
         )
         tracker.settle(reservation, tokens=prompt_tokens + completion_tokens, cost_nanos=cost)
+        return cost
