@@ -25,12 +25,18 @@ from agent.server import BoundPorts
 from agent.settings import ModelSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from agent.telemetry.buffer import TelemetryBuffer
-from agent.telemetry.uplink import TelemetryUplink
+from agent.telemetry.uplink import SequencedUplink
+from agent.usage_buffer import UsageBuffer
+from agent.usage_recorder import UsageRecorder
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.ledger_record import LedgerRecord
 from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
+
+USAGE_BATCH_RECORDS = 200
+USAGE_BATCH_BYTES = 1024 * 1024  # of stored rows: a batch stays well inside a 4 MiB message
 
 
 class ManagedAgent:
@@ -61,7 +67,12 @@ class ManagedAgent:
         self._desired: DesiredState | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.telemetry = TelemetryBuffer(state_dir)
-        self._uplink = TelemetryUplink(self.telemetry)
+        self._uplink = SequencedUplink(self.telemetry)
+        self.usage = UsageBuffer(state_dir)  # the ledger rows the control plane lacks
+        self._usage_uplink = SequencedUplink(
+            self.usage, batch_items=USAGE_BATCH_RECORDS, max_bytes=USAGE_BATCH_BYTES
+        )
+        self._usage_recorder = UsageRecorder(self.usage, self._usage_uplink.ready.set)
         self.link = ControlLink(
             link,
             self._identities,
@@ -69,6 +80,7 @@ class ManagedAgent:
             self.apply,
             self._hello,
             telemetry=self._uplink,
+            usage=self._usage_uplink,
         )
         self.link.peer_address = peer_address
         self._inference_address = inference_address
@@ -91,6 +103,12 @@ class ManagedAgent:
         """The caller an `Authorization: Bearer <inference key>` value names, from the keys of
         the last desired state (kept across restarts); None for anything else."""
         return self.inference_keys.authenticate(authorization)
+
+    def record_usage(self, record: LedgerRecord) -> None:
+        """The policy gate's ledger sink: keeps the row on disk (written in the background,
+        never blocking) until the control plane acknowledges it; rows made while the control
+        plane is unreachable are sent when it is back."""
+        self._usage_recorder.record(record)
 
     def register_services(self, server: grpc.aio.Server) -> None:
         """Serves this agent's verified artifacts to its site's peers, when configured to."""
@@ -116,6 +134,7 @@ class ManagedAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         sampler = asyncio.create_task(self._sample(stop))
+        recorder = asyncio.create_task(self._usage_recorder.run(stop))
         try:
             enrolled = await asyncio.to_thread(self._identities.load) is not None
             if not self._link_settings.control_plane and not enrolled:
@@ -130,8 +149,10 @@ class ManagedAgent:
                 await self.link.run(identity, stop)
         finally:
             sampler.cancel()
+            await recorder  # writes what is queued once `stop` is set
             self.rollout.close()
             self.telemetry.close()
+            self.usage.close()
 
     async def _sample(self, stop: asyncio.Event) -> None:
         """Collects telemetry into the disk buffer, connected or not (it is replayed later)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from common.artifacts import ArtifactManifest
@@ -34,7 +34,9 @@ from common.inference import (
     Usage,
 )
 from common.inference_key_grants import MAX_INFERENCE_KEYS
+from common.policy.ledger_record import AttemptSummary, LedgerRecord
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
+from common.usage_batch import SequencedRecord, UsageBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import inference_pb2 as pb
 
@@ -429,3 +431,83 @@ def telemetry_batch_from_pb(message: cpb.TelemetryBatch) -> TelemetryBatch:
             )
         )
     return TelemetryBatch(samples=tuple(samples), dropped=message.dropped)
+
+
+# --- usage ledger -----------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def usage_batch_to_pb(batch: UsageBatch) -> cpb.UsageBatch:
+    return cpb.UsageBatch(
+        records=[_usage_record_to_pb(item.seq, item.record) for item in batch.records],
+        dropped=batch.dropped,
+    )
+
+
+def _usage_record_to_pb(seq: int, record: LedgerRecord) -> cpb.UsageRecord:
+    message = cpb.UsageRecord(
+        seq=seq,
+        at_us=(record.at - _EPOCH) // timedelta(microseconds=1),
+        request_id=record.request_id,
+        key_id=record.key_id,
+        team=record.team,
+        role=record.role,
+        level=record.level,
+        outcome=record.outcome,
+        reason=record.reason,
+        detectors=list(record.detectors),
+        attempts=[
+            cpb.UsageAttempt(
+                target=a.target, outcome=a.outcome, reason=a.reason, latency_ms=a.latency_ms
+            )
+            for a in record.attempts
+        ],
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        latency_ms=record.latency_ms,
+        cost_nanos=record.cost_nanos,
+        policy_digest=record.policy_digest,
+    )
+    if record.route is not None:
+        message.route = record.route
+    if record.target is not None:
+        message.target = record.target
+    if record.prompt is not None:
+        message.prompt = record.prompt
+    return message
+
+
+def usage_batch_from_pb(message: cpb.UsageBatch) -> UsageBatch:
+    """Values as sent (the control plane's store checks and clips them); a time no clock can
+    hold becomes datetime.min, which the store rejects as too old."""
+    records = []
+    for item in message.records:
+        try:
+            at = _EPOCH + timedelta(microseconds=item.at_us)
+        except OverflowError:
+            at = _IMPOSSIBLE_TIME
+        record = LedgerRecord(
+            at=at,
+            request_id=item.request_id,
+            key_id=item.key_id,
+            team=item.team,
+            role=item.role,
+            level=item.level,
+            route=item.route if item.HasField("route") else None,
+            target=item.target if item.HasField("target") else None,
+            outcome=item.outcome,
+            reason=item.reason,
+            detectors=tuple(item.detectors),
+            attempts=tuple(
+                AttemptSummary(a.target, a.outcome, a.reason, a.latency_ms) for a in item.attempts
+            ),
+            prompt_tokens=item.prompt_tokens,
+            completion_tokens=item.completion_tokens,
+            latency_ms=item.latency_ms,
+            cost_nanos=item.cost_nanos,
+            policy_digest=item.policy_digest,
+            prompt=item.prompt if item.HasField("prompt") else None,
+        )
+        records.append(SequencedRecord(seq=item.seq, record=record))
+    return UsageBatch(records=tuple(records), dropped=message.dropped)

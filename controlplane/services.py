@@ -22,6 +22,7 @@ from controlplane.model_store import ModelStore
 from controlplane.policy_store import PolicyStore
 from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
+from controlplane.usage_store import UsageStore
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ControlPlaneServices:
     assignments: ModelAssignments
     policies: PolicyStore
     inference_keys: InferenceKeys
+    usage: UsageStore
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -84,6 +86,7 @@ class ControlPlaneServices:
             assignments=ModelAssignments(db, models, desired, audit, telemetry.latest, clock=clock),
             policies=PolicyStore(db, audit, desired, clock=clock),
             inference_keys=InferenceKeys(db, audit, desired, clock=clock),
+            usage=UsageStore(db, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

@@ -27,16 +27,21 @@ from agent.control.identity import (
     generate_key,
 )
 from agent.control.state_store import DesiredStateStore
-from agent.telemetry.uplink import TelemetryUplink
+from agent.telemetry.buffer import telemetry_batch
+from agent.telemetry.sequenced_buffer import Pending
+from agent.telemetry.uplink import SequencedUplink
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.ledger_record import LedgerRecord
 from common.proto_convert import (
     desired_state_from_pb,
     enrollment_from_pb,
     hello_to_pb,
     status_to_pb,
     telemetry_batch_to_pb,
+    usage_batch_to_pb,
 )
-from common.telemetry import TelemetryBatch
+from common.telemetry import Sample
+from common.usage_batch import SequencedRecord, UsageBatch
 from outpost.v1 import control_pb2 as cpb
 from outpost.v1 import control_pb2_grpc as cpb_grpc
 
@@ -110,7 +115,8 @@ class ControlLink:
         apply: Callable[[DesiredState], Awaitable[AgentStatus]],
         hello: Callable[[str, int], Hello],
         backoff: Backoff | None = None,
-        telemetry: TelemetryUplink | None = None,
+        telemetry: SequencedUplink[Sample] | None = None,
+        usage: SequencedUplink[LedgerRecord] | None = None,
     ) -> None:
         self._settings = settings
         self._identities = identities
@@ -119,6 +125,7 @@ class ControlLink:
         self._hello = hello
         self._backoff = backoff or Backoff()
         self._telemetry = telemetry
+        self._usage = usage
         self.observed_generation = 0
         self.connected = asyncio.Event()
         self.peer_address = ""  # this agent's own ArtifactService for peers, if it serves one
@@ -339,14 +346,20 @@ class ControlLink:
         async with self._channel(identity, port) as channel:
             stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=self._metadata(identity))
-            write_lock = asyncio.Lock()  # Status and telemetry come from two tasks
+            write_lock = asyncio.Lock()  # Status, telemetry and usage come from three tasks
 
             async def send(message: cpb.AgentMessage) -> None:
                 async with write_lock:
                     await call.write(message)
 
-            async def send_telemetry(batch: TelemetryBatch) -> None:
-                await send(cpb.AgentMessage(telemetry=telemetry_batch_to_pb(batch)))
+            async def send_telemetry(batch: Pending[Sample]) -> None:
+                message = telemetry_batch_to_pb(telemetry_batch(batch))
+                await send(cpb.AgentMessage(telemetry=message))
+
+            async def send_usage(batch: Pending[LedgerRecord]) -> None:
+                records = tuple(SequencedRecord(seq, record) for seq, record in batch.items)
+                message = usage_batch_to_pb(UsageBatch(records, batch.dropped))
+                await send(cpb.AgentMessage(usage=message))
 
             hello = self._hello(identity.agent_id, self.observed_generation)
             await send(cpb.AgentMessage(hello=hello_to_pb(hello)))
@@ -360,6 +373,8 @@ class ControlLink:
             ]
             if self._telemetry is not None:
                 background.append(asyncio.create_task(self._telemetry.run(send_telemetry)))
+            if self._usage is not None:
+                background.append(asyncio.create_task(self._usage.run(send_usage)))
             background.append(asyncio.create_task(self._send_statuses(send)))
             try:
                 while True:
@@ -381,6 +396,10 @@ class ControlLink:
                     if message.HasField("telemetry_ack"):
                         if self._telemetry is not None:
                             await self._telemetry.acknowledge(message.telemetry_ack.acked_seq)
+                        continue
+                    if message.HasField("usage_ack"):
+                        if self._usage is not None:
+                            await self._usage.acknowledge(message.usage_ack.acked_seq)
                         continue
                     await self._handle(desired_state_from_pb(message.desired_state))
             finally:

@@ -342,3 +342,50 @@ class InferenceKeyRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime)
     created_by: str = Field(max_length=NAME_CHARS)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+# -- usage ledger -------------------------------------------------------------------------
+
+USAGE_SOURCE_CHARS = 36  # an agent id (UUID) or "gateway"
+REQUEST_ID_CHARS = 128
+REASON_CHARS = 500  # common.policy.ledger_record.MAX_REASON_CHARS
+
+
+class UsageRecordRow(SQLModel, table=True):
+    """One routed request (answered, refused or failed) as the usage ledger keeps it: agents'
+    rows stored once per (source, seq); the gateway's own rows have no seq."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("source", "seq", name="uq_usage_records_source_seq"),
+        CheckConstraint("outcome IN ('ok', 'refused', 'failed')", name="outcome"),
+        Index("ix_usage_records_team_at", "team", "at"),
+    )
+
+    # 64-bit on PostgreSQL; SQLite autoincrements only a column typed exactly INTEGER.
+    id: int | None = Field(
+        default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite")
+    )
+    source: str = Field(max_length=USAGE_SOURCE_CHARS)
+    seq: int | None = Field(default=None, sa_type=BigInteger)
+    at: datetime = Field(sa_type=UtcDateTime, index=True)
+    day: str = Field(max_length=10)  # at's UTC date, YYYY-MM-DD: the report's day buckets
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    request_id: str = Field(max_length=REQUEST_ID_CHARS)
+    key_id: str = Field(max_length=ID_CHARS)
+    team: str = Field(max_length=ID_CHARS)
+    role: str = Field(max_length=ID_CHARS)
+    level: str = Field(max_length=ID_CHARS)
+    route: str | None = Field(default=None, max_length=ID_CHARS)
+    target: str | None = Field(default=None, max_length=ID_CHARS)
+    outcome: str = Field(max_length=16)
+    reason: str = Field(max_length=REASON_CHARS)
+    detectors: list[str] = Field(default_factory=list, sa_type=JSON)
+    # [{"target", "outcome", "reason", "latency_ms"}], in the order they were tried
+    attempts: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    prompt_tokens: int = Field(sa_type=BigInteger)
+    completion_tokens: int = Field(sa_type=BigInteger)
+    latency_ms: float
+    cost_nanos: int = Field(sa_type=BigInteger)  # nano-units of the prices' currency
+    policy_digest: str = Field(max_length=64)
+    prompt: str | None = Field(default=None, sa_type=Text)

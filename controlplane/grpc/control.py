@@ -1,4 +1,4 @@
-"""ControlService: each agent's long-lived stream (Hello, Status in; DesiredState out)."""
+"""ControlService: each agent's long-lived stream (Hello, Status, telemetry, usage in)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from common.proto_convert import (
     hello_from_pb,
     status_from_pb,
     telemetry_batch_from_pb,
+    usage_batch_from_pb,
 )
 from controlplane.grpc.agent_auth import AgentAuthenticator, Caller
 from controlplane.grpc.hub import AgentLink, Hub
@@ -123,8 +124,8 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         return hello
 
     async def _read_agent(self, context: grpc.aio.ServicerContext, link: AgentLink) -> str:
-        """Records Status and stores telemetry (acking it) until the agent closes its side;
-        returns why it stopped."""
+        """Records Status, stores telemetry and usage rows (acking them) until the agent closes
+        its side; returns why it stopped."""
         while True:
             try:
                 message = await context.read()
@@ -132,22 +133,28 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
                 return MALFORMED
             if message is grpc.aio.EOF:
                 return "agent closed the stream"
-            if message.HasField("telemetry"):
-                batch = telemetry_batch_from_pb(message.telemetry)
-                result = await asyncio.to_thread(
-                    self._services.telemetry.ingest, link.agent_id, batch
-                )
-                ack = cpb.TelemetryAck(acked_seq=result.acked_seq)
+            if message.HasField("telemetry") or message.HasField("usage"):
+                reply = await self._store(link.agent_id, message)
                 async with link.write_lock:
-                    await context.write(cpb.ControlMessage(telemetry_ack=ack))
+                    await context.write(reply)
                 continue
             if not message.HasField("status"):
-                return "only Status and telemetry may follow Hello"
+                return "only Status, telemetry and usage may follow Hello"
             try:
                 status = status_from_pb(message.status)
             except InvalidArgument as exc:
                 return str(exc)
             await asyncio.to_thread(self._services.fleet.record_status, link.agent_id, status)
+
+    async def _store(self, agent_id: str, message: cpb.AgentMessage) -> cpb.ControlMessage:
+        """Stores a telemetry or usage batch; the ack that lets the agent forget it."""
+        if message.HasField("telemetry"):
+            batch = telemetry_batch_from_pb(message.telemetry)
+            stored = await asyncio.to_thread(self._services.telemetry.ingest, agent_id, batch)
+            return cpb.ControlMessage(telemetry_ack=cpb.TelemetryAck(acked_seq=stored.acked_seq))
+        usage = usage_batch_from_pb(message.usage)
+        recorded = await asyncio.to_thread(self._services.usage.record_batch, agent_id, usage)
+        return cpb.ControlMessage(usage_ack=cpb.UsageAck(acked_seq=recorded.acked_seq))
 
     async def _push_desired_states(
         self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]

@@ -119,22 +119,26 @@ class RenewResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "status", "telemetry")
+    __slots__ = ("hello", "status", "telemetry", "usage")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     status: Status
     telemetry: TelemetryBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ...) -> None: ...
+    usage: UsageBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., usage: _Optional[_Union[UsageBatch, _Mapping]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("desired_state", "telemetry_ack")
+    __slots__ = ("desired_state", "telemetry_ack", "usage_ack")
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
+    USAGE_ACK_FIELD_NUMBER: _ClassVar[int]
     desired_state: DesiredState
     telemetry_ack: TelemetryAck
-    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ...) -> None: ...
+    usage_ack: UsageAck
+    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ...) -> None: ...
 
 class MetricValue(_message.Message):
     __slots__ = ("name", "value", "labels")
@@ -174,6 +178,74 @@ class TelemetryBatch(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[TelemetrySample, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class TelemetryAck(_message.Message):
+    __slots__ = ("acked_seq",)
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    acked_seq: int
+    def __init__(self, acked_seq: _Optional[int] = ...) -> None: ...
+
+class UsageAttempt(_message.Message):
+    __slots__ = ("target", "outcome", "reason", "latency_ms")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    outcome: str
+    reason: str
+    latency_ms: float
+    def __init__(self, target: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class UsageRecord(_message.Message):
+    __slots__ = ("seq", "at_us", "request_id", "key_id", "team", "role", "level", "route", "target", "outcome", "reason", "detectors", "attempts", "prompt_tokens", "completion_tokens", "latency_ms", "cost_nanos", "policy_digest", "prompt")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_US_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETECTORS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    COST_NANOS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at_us: int
+    request_id: str
+    key_id: str
+    team: str
+    role: str
+    level: str
+    route: str
+    target: str
+    outcome: str
+    reason: str
+    detectors: _containers.RepeatedScalarFieldContainer[str]
+    attempts: _containers.RepeatedCompositeFieldContainer[UsageAttempt]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    cost_nanos: int
+    policy_digest: str
+    prompt: str
+    def __init__(self, seq: _Optional[int] = ..., at_us: _Optional[int] = ..., request_id: _Optional[str] = ..., key_id: _Optional[str] = ..., team: _Optional[str] = ..., role: _Optional[str] = ..., level: _Optional[str] = ..., route: _Optional[str] = ..., target: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., attempts: _Optional[_Iterable[_Union[UsageAttempt, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., cost_nanos: _Optional[int] = ..., policy_digest: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+
+class UsageBatch(_message.Message):
+    __slots__ = ("records", "dropped")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[UsageRecord]
+    dropped: int
+    def __init__(self, records: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class UsageAck(_message.Message):
     __slots__ = ("acked_seq",)
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int
