@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -26,10 +27,11 @@ from agent.settings import ModelSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.uplink import SequencedUplink
-from agent.usage_buffer import UsageBuffer
+from agent.usage_buffer import UsageBuffer, month_start
 from agent.usage_recorder import UsageRecorder
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.budgets import SettledUsage
 from common.policy.ledger_record import LedgerRecord
 from common.policy.routing import Caller, PolicyEngine
 
@@ -109,6 +111,11 @@ class ManagedAgent:
         never blocking) until the control plane acknowledges it; rows made while the control
         plane is unreachable are sent when it is back."""
         self._usage_recorder.record(record)
+
+    def settled_usage(self) -> list[SettledUsage]:
+        """The requests settled this UTC month, from the usage buffer (acked or not): what a
+        restarted agent's budgets count again."""
+        return self.usage.settled_since(month_start(datetime.now(UTC)))
 
     def register_services(self, server: grpc.aio.Server) -> None:
         """Serves this agent's verified artifacts to its site's peers, when configured to."""

@@ -21,9 +21,12 @@ from agent.settings import AgentSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from common.embedded_http import bind_listener, embedded_server
 from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
+from common.policy.budgets import SettledUsage
 from common.policy.cloud_client import CloudClient
 from common.policy.gate import PolicyGate
+from common.policy.ledger_record import LedgerRecord
 from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
+from common.policy.request_budgets import RequestBudgets
 from common.policy.routing import Caller, PolicyEngine
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,14 @@ class PolicySource(Protocol):
 
     def authenticate(self, authorization: str | None) -> Caller | None: ...
 
+    def record_usage(self, record: LedgerRecord) -> None:
+        """The ledger sink: once per routed request, on the event loop; never blocks."""
+        ...
+
+    def settled_usage(self) -> list[SettledUsage]:
+        """Requests settled earlier this UTC month (before a restart), for the budgets."""
+        ...
+
 
 class AgentServer:
     """Runs until `request_stop()`; servers answer at once, health turns SERVING when loaded."""
@@ -87,16 +98,18 @@ class AgentServer:
         self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
         self._cloud = CloudClient(environ=dict(environ or {}))
         self._webhooks = WebhookNotifier()
-        self.gate = (
-            PolicyGate(
+        self.gate: PolicyGate | None = None
+        if policy is not None:
+            budgets = RequestBudgets()
+            budgets.replay(policy.settled_usage())  # today's spend survives a restart
+            self.gate = PolicyGate(
                 policy.current_engine,
                 policy.authenticate,
                 self._cloud,
+                budgets,
                 alerts=RequestAlerts(Notifiers(LogNotifier(), self._webhooks)),
+                ledger=policy.record_usage,
             )
-            if policy is not None
-            else None
-        )
         self.inference = Inference(
             self.pool,
             RequestLimits(

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from common.errors import ResourceExhausted
-from common.policy.budgets import Admission, BudgetRefusal, BudgetTracker, Reservation
+from common.policy.budgets import (
+    Admission,
+    BudgetRefusal,
+    BudgetTracker,
+    Reservation,
+    SettledUsage,
+)
 from common.policy.costs import CostTable
 from common.policy.policy_model import Policy
 from common.policy.routing import Caller
@@ -27,8 +33,8 @@ class Held:
 
 class RequestBudgets:
     """One BudgetTracker for the agent, its limits following the policy in force (usage counted
-    so far is kept across policy versions). Counts live in this process: a restarted agent
-    starts from zero (the ledger replay is not built yet)."""
+    so far is kept across policy versions). Counts live in this process; `replay` gives it
+    the requests settled before it started (a restarted agent's usage buffer)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -36,11 +42,24 @@ class RequestBudgets:
         self._tracker: BudgetTracker | None = None
         self._digest = ""
         self._costs: CostTable | None = None
+        self._replay: list[SettledUsage] = []
+
+    def replay(self, usages: Iterable[SettledUsage]) -> None:
+        """Counts requests settled before this process started (their spend in their UTC day
+        and month, their tokens in the rate windows they fall in); with no policy seen yet,
+        once the first one comes."""
+        with self._lock:
+            if self._tracker is None:
+                self._replay.extend(usages)
+            else:
+                self._tracker.replay(usages)
 
     def _for(self, policy: Policy) -> tuple[BudgetTracker, CostTable]:
         with self._lock:
             if self._tracker is None:
                 self._tracker = BudgetTracker(policy.budgets, clock=self._clock)
+                self._tracker.replay(self._replay)
+                self._replay = []
             elif policy.digest != self._digest:
                 self._tracker.update(policy.budgets)
             if policy.digest != self._digest or self._costs is None:

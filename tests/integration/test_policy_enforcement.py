@@ -7,7 +7,7 @@ model through llama.cpp; the client is the official `openai` package.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,7 +15,9 @@ import openai
 import pytest
 
 from agent.settings import ModelSettings
+from common.policy.budgets import SettledUsage
 from common.policy.document import parse_policy
+from common.policy.ledger_record import LedgerRecord
 from common.policy.routing import Caller, PolicyEngine
 from outpost.v1 import inference_pb2 as pb
 from tests.agent_harness import RunningAgent, agent_settings
@@ -56,9 +58,16 @@ class StaticPolicy:
     """A PolicySource with one policy and one key (the managed agent's come from its state)."""
 
     engine: PolicyEngine
+    ledger: list[LedgerRecord] = field(default_factory=list)
 
     def current_engine(self) -> PolicyEngine:
         return self.engine
+
+    def record_usage(self, record: LedgerRecord) -> None:
+        self.ledger.append(record)
+
+    def settled_usage(self) -> list[SettledUsage]:
+        return []
 
     def authenticate(self, authorization: str | None) -> Caller | None:
         if authorization == f"Bearer {KEY}":
