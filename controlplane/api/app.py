@@ -25,6 +25,7 @@ from controlplane.api.policy import policy_routes
 from controlplane.api.sites import site_routes
 from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
+from controlplane.api.usage import usage_routes
 from controlplane.fleet_metrics import prometheus
 from controlplane.services import ControlPlaneServices
 
@@ -80,6 +81,7 @@ def create_app(
         *assignment_routes(services, services.assignments),
         *policy_routes(services),
         *inference_key_routes(services),
+        *usage_routes(services),
     ]
     api = Router(
         path=API_PREFIX,
