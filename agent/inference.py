@@ -65,7 +65,7 @@ class Inference:
         check_prompt(request.prompt)  # bad input is refused before it is routed anywhere
         max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
 
-        async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
+        async def start_local(alias: str, parts: tuple[str, ...], _: str) -> GenerationStream:
             return await self._completion_here(replace(request, model=alias, prompt=parts[0]))
 
         return await gate.completion(engine, request, credentials, start_local, max_tokens)
@@ -80,7 +80,7 @@ class Inference:
         check_messages(request.messages)
         max_tokens = resolve_sampling(request.sampling, self._limits).max_tokens
 
-        async def start_local(alias: str, parts: tuple[str, ...]) -> GenerationStream:
+        async def start_local(alias: str, parts: tuple[str, ...], _: str) -> GenerationStream:
             messages = tuple(
                 replace(m, content=c) for m, c in zip(request.messages, parts, strict=True)
             )

@@ -10,8 +10,6 @@ ignored (no key is accepted until the control plane sends the set again: fail cl
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -22,7 +20,7 @@ from types import MappingProxyType
 from common.control import InferenceKeyGrant, ItemState, ItemStatus
 from common.errors import InvalidArgument
 from common.files import atomic_write, ensure_private_directory
-from common.inference_key_grants import MAX_INFERENCE_KEYS, check_grants
+from common.inference_key_grants import MAX_INFERENCE_KEYS, caller_for, check_grants
 from common.policy.routing import Caller
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 INFERENCE_KEYS_FILE = "inference-keys.json"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = MAX_INFERENCE_KEYS * 512  # a grant takes about 200 bytes of JSON
-MAX_HEADER_CHARS = 512  # an Authorization header longer than this is no key of ours
 MAX_ERROR_CHARS = 1000
 
 
@@ -55,19 +52,7 @@ class InferenceKeyState:
 
     def authenticate(self, authorization_header: str | None) -> Caller | None:
         """The caller of a `Bearer <key>` header with a live key; None for anything else."""
-        if not isinstance(authorization_header, str) or len(authorization_header) > (
-            MAX_HEADER_CHARS
-        ):
-            return None
-        scheme, _, key = authorization_header.strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            return None
-        key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        grant = self._by_hash.get(key_hash)
-        if grant is None or not hmac.compare_digest(grant.key_hash, key_hash):
-            return None
-        return Caller(role=grant.role, team=grant.team, key_id=grant.key_id)
+        return caller_for(authorization_header, self._by_hash)
 
     def load(self) -> None:
         """At start: the kept set, if any and undamaged."""

@@ -1,16 +1,21 @@
-"""`check_grants`: the inference-key set a desired state carries, checked on both ends."""
+"""Inference-key grants: the set a desired state carries, checked on both ends, and the
+caller an `Authorization` value names among them (agents and the gateway alike)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from common.artifacts import check_sha256
 from common.control import InferenceKeyGrant
 from common.errors import InvalidArgument
+from common.policy.routing import Caller
 
 MAX_INFERENCE_KEYS = 10_000
 MAX_KEY_ID_CHARS = 20  # a decimal 64-bit id
+MAX_HEADER_CHARS = 512  # an Authorization header longer than this is no key of ours
 _IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _KEY_ID = re.compile(r"[1-9][0-9]{0,19}")
 
@@ -40,3 +45,21 @@ def check_grants(grants: Sequence[InferenceKeyGrant]) -> tuple[InferenceKeyGrant
         hashes.add(grant.key_hash)
         ids.add(grant.key_id)
     return tuple(grants)
+
+
+def caller_for(
+    authorization_header: str | None, by_hash: Mapping[str, InferenceKeyGrant]
+) -> Caller | None:
+    """The caller of a `Bearer <key>` header whose key's sha256 is in `by_hash`; None for
+    anything else (no header, another scheme, an unknown or oversized key)."""
+    if not isinstance(authorization_header, str) or len(authorization_header) > MAX_HEADER_CHARS:
+        return None
+    scheme, _, key = authorization_header.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return None
+    key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    grant = by_hash.get(key_hash)
+    if grant is None or not hmac.compare_digest(grant.key_hash, key_hash):
+        return None
+    return Caller(role=grant.role, team=grant.team, key_id=grant.key_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from common.lifecycle import (
 from controlplane.api.app import create_app
 from controlplane.bundle_signing import BundleSigner, signing_directory
 from controlplane.db.database import Database
+from controlplane.gateway import Gateway
+from controlplane.gateway_parts import GatewayParts
 from controlplane.grpc.agent_auth import AgentAuthenticator
 from controlplane.grpc.artifacts import registry_artifacts
 from controlplane.grpc.control import ControlServicer
@@ -62,8 +65,13 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 class ControlPlaneServer:
-    def __init__(self, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, settings: ControlPlaneSettings, environ: Mapping[str, str] | None = None
+    ) -> None:
+        """`environ`: where the gateway looks up cloud targets' `env:` key references."""
         self.settings = settings
+        self._environ = dict(environ or {})
+        self.gateway: Gateway | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ca: CertificateAuthority | None = None
@@ -117,6 +125,9 @@ class ControlPlaneServer:
         self.ca, self.services = ca, services
         hub = Hub(self._loop)
         services.desired.add_listener(hub.notify_changed)
+        gateway_parts = GatewayParts.build(services, self._environ)
+        services.desired.add_listener(lambda _: gateway_parts.state.invalidate())
+        self.gateway = gateway_parts.gateway
         options = [
             *KEEPALIVE_OPTIONS,
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -163,6 +174,7 @@ class ControlPlaneServer:
                 max_request_bytes=settings.max_request_bytes,
                 on_revoke=hub.cut,
                 join_token_ttl=settings.join_token_ttl,
+                gateway=gateway_parts.gateway,
             )
         )
         try:
@@ -177,9 +189,11 @@ class ControlPlaneServer:
                 on_listening.set_result(ports)
             stop_task = asyncio.create_task(self._stop.wait())
             compaction = asyncio.create_task(self._compact_periodically(services))
+            alerts = asyncio.create_task(gateway_parts.evaluate_alerts(self._stop))
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
             compaction.cancel()
+            alerts.cancel()
             log.info("shutting down")
             hub.cut_all("the control plane is shutting down")
             await asyncio.gather(
@@ -189,6 +203,7 @@ class ControlPlaneServer:
             await http_task
         finally:
             http_socket.close()
+            await gateway_parts.aclose()
             services.db.dispose()
 
     async def _compact_periodically(self, services: ControlPlaneServices) -> None:
@@ -210,5 +225,5 @@ class ControlPlaneServer:
 def serve(settings: ControlPlaneSettings) -> int:
     configure_logging(settings.log_level)
     collect_garbage_less_often()
-    run_until_signalled(ControlPlaneServer(settings))
+    run_until_signalled(ControlPlaneServer(settings, os.environ))
     return 0

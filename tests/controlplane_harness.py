@@ -26,9 +26,12 @@ from tests.server_thread import ServerThread
 class RunningControlPlane:
     """`outpost serve` in a thread; use as a context manager."""
 
-    def __init__(self, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, settings: ControlPlaneSettings, environ: dict[str, str] | None = None
+    ) -> None:
+        """`environ`: the gateway's environment (cloud targets' `env:` key references)."""
         self.settings = settings
-        self.server = ControlPlaneServer(settings)
+        self.server = ControlPlaneServer(settings, environ)
         self.ports = ListeningPorts(0, 0, 0)
         self._thread = ServerThread(self.server, "control-plane")
 

@@ -171,9 +171,15 @@ class CloudClient:
         return CloudAnswer(answer, _usage(answer.get("usage"), payload, [answer]))
 
     def stream(
-        self, target: CloudTarget, endpoint: Endpoint, body: Mapping[str, Any]
+        self,
+        target: CloudTarget,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
     ) -> CloudStream:
-        """The answer's chunks as they arrive (the call starts at the first `anext`)."""
+        """The answer's chunks as they arrive (the call starts at the first `anext`).
+        `headers` are sent besides the target's (an `Authorization` among them replaces the
+        target's key: the gateway forwards its caller's inference key to an agent)."""
         options = body.get("stream_options")
         payload = {
             **body,
@@ -185,17 +191,22 @@ class CloudClient:
             },
         }
         stream = CloudStream()
-        return stream._attach(self._chunks(target, endpoint, payload, stream))
+        return stream._attach(self._chunks(target, endpoint, payload, stream, headers or {}))
 
     async def _chunks(
-        self, target: CloudTarget, endpoint: Endpoint, payload: dict[str, Any], sink: CloudStream
+        self,
+        target: CloudTarget,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        sink: CloudStream,
+        headers: Mapping[str, str],
     ) -> AsyncIterator[dict[str, Any]]:
         deadline = asyncio.get_running_loop().time() + target.timeout_s
         received: list[dict[str, Any]] = []
         usage: Any = None
         try:
             async with asyncio.timeout_at(deadline):
-                request = self._request(target, endpoint, payload)
+                request = self._request(target, endpoint, payload, headers)
                 response = await self._http.send(request, stream=True)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -226,7 +237,11 @@ class CloudClient:
         sink.usage = _usage(usage, payload, received)
 
     def _request(
-        self, target: CloudTarget, endpoint: Endpoint, payload: dict[str, Any]
+        self,
+        target: CloudTarget,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        extra_headers: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         try:
             key = resolve_api_key(target.api_key_ref, self._environ)
@@ -235,6 +250,7 @@ class CloudClient:
         headers = {"Accept": "application/json, text/event-stream", "User-Agent": "outpost"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
+        headers.update(extra_headers or {})
         url = f"{target.base_url.rstrip('/')}/{endpoint.value}"
         return self._http.build_request(
             "POST", url, json=payload, headers=headers, timeout=target.timeout_s

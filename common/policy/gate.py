@@ -211,7 +211,7 @@ class PolicyGate:
 
         def open_stream(target: Target, sent: tuple[str, ...]) -> Any:
             if isinstance(target, LocalTarget):
-                return local_events(start_local, target.model, sent)
+                return local_events(start_local, target.model, sent, decision.level)
             if isinstance(target, CloudTarget):
                 return cloud_events(self._cloud, target, endpoint, cloud_body(sent))
             return failing_events(f"target {target.name}: forwarding to other agents is not built")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -20,7 +20,8 @@ from common.policy.cloud_client import CloudClient, Endpoint
 from common.policy.dispatch import Outcome, TargetFailure
 from common.policy.policy_model import CloudTarget
 
-StartLocal = Callable[[str, tuple[str, ...]], Awaitable[EventStream]]
+# (alias, the parts as sent, the request's level) -> the events of that local model's answer
+StartLocal = Callable[[str, tuple[str, ...], str], Awaitable[EventStream]]
 
 
 class SettlingStream:
@@ -73,10 +74,10 @@ async def _events_of(
 
 
 async def local_events(
-    start_local: StartLocal, alias: str, parts: tuple[str, ...]
+    start_local: StartLocal, alias: str, parts: tuple[str, ...], level: str
 ) -> AsyncIterator[GenerationEvent]:
     try:
-        stream = await start_local(alias, parts)
+        stream = await start_local(alias, parts, level)
     except (InvalidArgument, NotFound) as exc:  # the request itself: another target won't help
         raise TargetFailure(Outcome.REJECTED, str(exc)) from exc
     except (ResourceExhausted, Unavailable) as exc:  # busy or loading: the next target may
@@ -89,10 +90,15 @@ async def local_events(
 
 
 async def cloud_events(
-    client: CloudClient, target: CloudTarget, endpoint: Endpoint, body: dict[str, Any]
-) -> AsyncIterator[GenerationEvent]:
-    """A cloud provider's chunks as the text events of a local model, ending with Finished."""
-    chunks = client.stream(target, endpoint, {**body, "stream": True})
+    client: CloudClient,
+    target: CloudTarget,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> AsyncGenerator[GenerationEvent, None]:
+    """An OpenAI-compatible server's chunks (a cloud provider's, or an agent's the gateway
+    forwards to) as the text events of a local model, ending with Finished."""
+    chunks = client.stream(target, endpoint, {**body, "stream": True}, headers)
     reason = FinishReason.STOP
     try:
         async for chunk in chunks:

@@ -13,6 +13,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from common.openai_http import EXCEPTION_HANDLERS as OPENAI_EXCEPTION_HANDLERS
+from common.openai_http import InferenceFront, OpenAIRoutes
 from common.prometheus import metrics_route
 from controlplane.api.agents import agent_routes
 from controlplane.api.assignments import assignment_routes
@@ -65,6 +67,7 @@ def create_app(
     max_request_bytes: int,
     on_revoke: Callable[[str], None] | None = None,
     join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL,
+    gateway: InferenceFront | None = None,
 ) -> Litestar:
     """The REST API over `services`.
 
@@ -89,8 +92,18 @@ def create_app(
         guards=[auth_guard(services)],
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
     )
+    root: list[Any] = [healthz, metrics_route(partial(prometheus, services)), api]
+    if gateway is not None:  # OpenAI's API at /v1, its errors in OpenAI's form
+        root.append(
+            Router(
+                path="/",
+                route_handlers=OpenAIRoutes(gateway).handlers(),
+                exception_handlers=OPENAI_EXCEPTION_HANDLERS,
+                include_in_schema=False,
+            )
+        )
     return Litestar(
-        route_handlers=[healthz, metrics_route(partial(prometheus, services)), api],
+        route_handlers=root,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=max_request_bytes,
         openapi_config=_openapi(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -70,14 +70,14 @@ class Locals:
     def __init__(self) -> None:
         self.started: list[str] = []
 
-    async def start(self, alias: str, parts: tuple[str, ...]) -> EventStream:
+    async def start(self, alias: str, parts: tuple[str, ...], level: str) -> EventStream:
         self.started.append(alias)
         if alias != "smol":
             raise Unavailable(f"model {alias} is loading")
         return _answer(parts)
 
 
-async def _answer(parts: tuple[str, ...]) -> AsyncIterator[Any]:
+async def _answer(parts: tuple[str, ...]) -> AsyncGenerator[Any, None]:
     yield TextDelta("hello")
     yield Finished(FinishReason.STOP, Usage(len(parts[0]), 1))
 
@@ -103,9 +103,7 @@ def gate_for(
     )
 
 
-async def complete(
-    gate: PolicyGate, locals_: Locals, prompt: str, credentials: Credentials
-) -> str:
+async def complete(gate: PolicyGate, locals_: Locals, prompt: str, credentials: Credentials) -> str:
     request = CompletionRequest(model="", prompt=prompt, sampling=SamplingParams(max_tokens=4))
     stream = await gate.completion(gate.engine(), request, credentials, locals_.start, 4)
     texts = [event.text async for event in stream if isinstance(event, TextDelta)]
@@ -127,7 +125,8 @@ def test_an_answered_request_gives_one_row_with_its_attempts_tokens_and_cost() -
     assert (row.prompt_tokens, row.completion_tokens) == (len("hi there"), 1)
     assert row.cost_nanos == 0  # a local target without a cost per hour
     assert row.prompt is None  # the policy does not store prompts
-    assert row.latency_ms > 0 and len(row.request_id) == 32
+    assert row.latency_ms > 0
+    assert len(row.request_id) == 32
 
 
 def test_refused_and_failed_requests_are_recorded_too() -> None:
@@ -140,7 +139,8 @@ def test_refused_and_failed_requests_are_recorded_too() -> None:
         run(complete(gate, locals_, "hello", Credentials(KEY)))
     refused, failed = rows
     assert (refused.outcome, refused.level, refused.target) == ("refused", "confidential", None)
-    assert refused.detectors == ("codename",) and "bluebird" not in refused.reason
+    assert refused.detectors == ("codename",)
+    assert "bluebird" not in refused.reason
     assert (failed.outcome, failed.target) == ("failed", None)
     assert [a.target for a in failed.attempts] == ["cloud", "there"]
     assert locals_.started == ["big"]  # the refused request reached no model

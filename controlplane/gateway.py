@@ -1,0 +1,212 @@
+"""The control plane's OpenAI-compatible gateway: the same policy gate as the agents, in front
+of the fleet's agents and the policy's cloud providers.
+
+Requests need an inference key and are classified and routed by the live policy
+(common/policy/gate.py). A `local` target is served by a connected agent that serves that
+model alias and takes forwarded requests (its `inference_address`): the request goes to that
+agent's OpenAI endpoint with the caller's own key, the decided level as
+`X-Outpost-Data-Level` and `X-Outpost-Local-Only: true`, so the agent enforces the same policy
+again and can only answer with its own models. Agents are tried most recently seen first; one
+that cannot be reached, is busy or loading gives way to the next, and when none answers the
+policy's fallbacks apply. Without a policy the gateway answers 503: it routes nothing unchecked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from common.errors import InvalidArgument, Unavailable
+from common.inference import (
+    ChatRequest,
+    CompletionRequest,
+    EventStream,
+    GenerationEvent,
+    ModelInfo,
+    check_messages,
+    check_prompt,
+)
+from common.inference_key_grants import caller_for
+from common.policy.cloud_client import CloudClient, Endpoint
+from common.policy.dispatch import Outcome, TargetFailure
+from common.policy.gate import DECLARED_LEVEL_HEADER, LOCAL_ONLY_HEADER, Credentials, PolicyGate
+from common.policy.gate_streams import cloud_events, sampling_body
+from common.policy.policy_model import CloudTarget, LocalTarget
+from common.policy.routing import Caller, PolicyEngine
+from controlplane.gateway_state import GatewaySnapshot, GatewayState, ServingAgent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 256  # reserved on budgets when a request names none (agents default lower)
+MAX_TOKENS_LIMIT = 32_768
+# Another agent is tried when one answers with these (unreachable, busy, loading).
+_NEXT_AGENT = (Outcome.ERROR, Outcome.TIMEOUT, Outcome.BUDGET)
+
+
+class Gateway:
+    """The InferenceFront of the control plane's `/v1/...` routes."""
+
+    def __init__(
+        self,
+        state: GatewayState,
+        cloud: CloudClient,
+        gate_for: Callable[
+            [Callable[[], PolicyEngine], Callable[[str | None], Caller | None]], PolicyGate
+        ],
+    ) -> None:
+        """`gate_for(engine, authenticate)` builds the policy gate (with the gateway's budgets,
+        alerts and ledger sink) over this gateway's view of the policy and the keys."""
+        self._state = state
+        self._cloud = cloud
+        self.gate = gate_for(self._engine, self._authenticate)
+
+    def _engine(self) -> PolicyEngine:
+        snapshot = self._state.latest()
+        return snapshot.engine if snapshot is not None else PolicyEngine(None)
+
+    def _authenticate(self, authorization: str | None) -> Caller | None:
+        snapshot = self._state.latest()
+        return caller_for(authorization, snapshot.keys) if snapshot is not None else None
+
+    def models(self) -> list[ModelInfo]:
+        """The live policy's targets by name: cloud ones, and local ones an agent serves now."""
+        snapshot = self._state.fresh() or self._state.load()  # on a worker thread
+        policy = snapshot.engine.policy
+        if policy is None:
+            return []
+        return [
+            ModelInfo(
+                alias=target.name,
+                sha256="",
+                architecture="",
+                context_length=0,
+                size_bytes=0,
+                ready=not isinstance(target, LocalTarget)
+                or bool(snapshot.serving.get(target.model)),
+            )
+            for target in policy.targets
+        ]
+
+    async def start_completion(
+        self, request: CompletionRequest, credentials: Credentials
+    ) -> EventStream:
+        check_prompt(request.prompt)
+        snapshot = await self._routable()
+        body = {"prompt": request.prompt, **sampling_body(request.sampling)}
+
+        async def start_local(alias: str, parts: tuple[str, ...], level: str) -> EventStream:
+            sent = {**body, "model": alias, "prompt": parts[0]}
+            return self._forward(snapshot, alias, Endpoint.COMPLETIONS, sent, credentials, level)
+
+        return await self.gate.completion(
+            snapshot.engine,
+            request,
+            credentials,
+            start_local,
+            _max_tokens(request.sampling.max_tokens),
+        )
+
+    async def start_chat(self, request: ChatRequest, credentials: Credentials) -> EventStream:
+        check_messages(request.messages)
+        snapshot = await self._routable()
+        roles = [m.role for m in request.messages]
+        sampling = sampling_body(request.sampling)
+
+        async def start_local(alias: str, parts: tuple[str, ...], level: str) -> EventStream:
+            messages = [{"role": r, "content": c} for r, c in zip(roles, parts, strict=True)]
+            sent = {**sampling, "model": alias, "messages": messages}
+            return self._forward(snapshot, alias, Endpoint.CHAT, sent, credentials, level)
+
+        return await self.gate.chat(
+            snapshot.engine,
+            request,
+            credentials,
+            start_local,
+            _max_tokens(request.sampling.max_tokens),
+        )
+
+    async def _routable(self) -> GatewaySnapshot:
+        snapshot = await self._state.current()
+        if snapshot.engine.policy is None:
+            raise Unavailable(
+                "no routing policy is applied: the gateway routes requests only under one "
+                "(outpost policy apply FILE)"
+            )
+        return snapshot
+
+    def _forward(
+        self,
+        snapshot: GatewaySnapshot,
+        alias: str,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        credentials: Credentials,
+        level: str,
+    ) -> EventStream:
+        agents = snapshot.serving.get(alias, ())
+        headers = {DECLARED_LEVEL_HEADER: level, LOCAL_ONLY_HEADER: "true"}
+        if credentials.authorization is not None:
+            headers["authorization"] = credentials.authorization
+        timeout_s = _local_timeout(snapshot, alias)
+        return forward_to_agents(self._cloud, agents, alias, endpoint, body, headers, timeout_s)
+
+
+async def forward_to_agents(
+    client: CloudClient,
+    agents: tuple[ServingAgent, ...],
+    alias: str,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    timeout_s: float,
+) -> AsyncGenerator[GenerationEvent, None]:
+    """The events of the first agent that answers; TargetFailure when none does."""
+    failures: list[str] = []
+    for agent in agents:
+        target = CloudTarget(
+            name=f"agent {agent.agent_id}",
+            model=alias,
+            max_level="",
+            base_url=f"http://{agent.address}/v1",
+            price_per_1k_input=0.0,
+            price_per_1k_output=0.0,
+            redact=False,
+            timeout_s=timeout_s,
+        )
+        events = cloud_events(client, target, endpoint, body, headers)
+        try:
+            first = await anext(events)
+        except TargetFailure as failure:
+            await events.aclose()
+            if failure.outcome not in _NEXT_AGENT:
+                raise
+            log.info("gateway: agent %s did not answer: %s", agent.agent_id, failure.reason)
+            failures.append(f"agent {agent.agent_id}: {failure.reason}")
+            continue
+        except StopAsyncIteration:
+            raise TargetFailure(Outcome.ERROR, f"agent {agent.agent_id} sent nothing") from None
+        yield first
+        async for event in events:
+            yield event
+        return
+    reason = "; ".join(failures) or "no connected agent serves it and takes forwarded requests"
+    raise TargetFailure(Outcome.ERROR, f"model {alias!r}: {reason}")
+
+
+def _local_timeout(snapshot: GatewaySnapshot, alias: str) -> float:
+    policy = snapshot.engine.policy
+    timeouts = [
+        t.timeout_s
+        for t in (policy.targets if policy is not None else ())
+        if isinstance(t, LocalTarget) and t.model == alias
+    ]
+    return max(timeouts, default=60.0)
+
+
+def _max_tokens(requested: int | None) -> int:
+    if requested is None:
+        return DEFAULT_MAX_TOKENS
+    if not 1 <= requested <= MAX_TOKENS_LIMIT:
+        raise InvalidArgument(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}")
+    return requested

@@ -1,0 +1,57 @@
+"""Assembles the control plane's gateway: its state, gate, cloud client, alerts and ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
+from common.policy.cloud_client import CloudClient
+from common.policy.gate import PolicyGate
+from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
+from common.policy.routing import Caller, PolicyEngine
+from controlplane.gateway import Gateway
+from controlplane.gateway_ledger import LedgerWriter
+from controlplane.gateway_state import GatewayState
+from controlplane.services import ControlPlaneServices
+
+
+@dataclass
+class GatewayParts:
+    state: GatewayState
+    gateway: Gateway
+    cloud: CloudClient
+    webhooks: WebhookNotifier
+    ledger: LedgerWriter
+
+    @classmethod
+    def build(cls, services: ControlPlaneServices, environ: Mapping[str, str]) -> GatewayParts:
+        """`environ` resolves cloud targets' `env:` key references. The gateway's ledger rows
+        are stored with the source "gateway"."""
+        state = GatewayState(services)
+        cloud = CloudClient(environ=environ)
+        webhooks = WebhookNotifier()
+        ledger = LedgerWriter(services.usage.record)
+        alerts = RequestAlerts(Notifiers(LogNotifier(), webhooks))
+
+        def gate_for(
+            engine: Callable[[], PolicyEngine], authenticate: Callable[[str | None], Caller | None]
+        ) -> PolicyGate:
+            return PolicyGate(engine, authenticate, cloud, alerts=alerts, ledger=ledger.record)
+
+        return cls(state, Gateway(state, cloud, gate_for), cloud, webhooks, ledger)
+
+    async def evaluate_alerts(self, stop: asyncio.Event) -> None:
+        """Measures the gateway's alert rules every few seconds until `stop`."""
+        while not stop.is_set():
+            if self.state.latest() is not None:
+                await asyncio.to_thread(self.gateway.gate.evaluate_alerts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), EVALUATE_EVERY_S)
+
+    async def aclose(self) -> None:
+        await self.cloud.aclose()
+        await asyncio.to_thread(self.webhooks.close)
+        await asyncio.to_thread(self.ledger.close)

@@ -1,0 +1,238 @@
+"""The control plane's OpenAI gateway: the same policy as the agents, in front of the fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.controlplane_harness import (
+    ObservedManagedAgent,
+    RunningControlPlane,
+    controlplane_settings,
+    managed_agent,
+    wait_until,
+)
+from tests.integration.test_inference_key_distribution import create, desired_generation
+from tests.integration.test_managed_policy_enforcement import _upload
+from tests.recording_openai_server import ANSWER_TEXT, Behaviour, RecordingOpenAI
+
+pytestmark = pytest.mark.model
+
+CARD = "4111 1111 1111 1111"
+CLOUD_KEY = "sk-gateway-test"
+
+
+def policy(cloud_base_url: str) -> str:
+    return f"""
+version: 1
+detectors:
+  - {{name: cards, builtin: payment_card, level: confidential}}
+roles:
+  analyst: {{max_level: confidential, targets: ["*"]}}
+targets:
+  home: {{type: local, model: smol, max_level: restricted}}
+  cloud:
+    type: cloud
+    base_url: {cloud_base_url}
+    model: cloud-mini
+    api_key_ref: env:GATEWAY_CLOUD_KEY
+    price_per_1k_input: 0.5
+    price_per_1k_output: 1.5
+    max_level: internal
+    fallback: [home]
+routes:
+  - {{name: cloud-first, targets: [cloud]}}
+"""
+
+
+@dataclass
+class Fleet:
+    cp: RunningControlPlane
+    agent_http: str
+    companion: ObservedManagedAgent
+    cloud: RecordingOpenAI
+    key: str
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.cp.ports.http}"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    settings = controlplane_settings(tmp / "cp", None)
+    with (
+        RecordingOpenAI() as cloud,
+        RunningControlPlane(settings, {"GATEWAY_CLOUD_KEY": CLOUD_KEY}) as cp,
+    ):
+        running, companion = managed_agent(
+            tmp / "agent",
+            cp.enroll_address,
+            cp.create_token(site="hq"),
+            cp.fingerprint,
+            inference_address="127.0.0.1:0",
+        )
+        with running:
+            running.wait_until_serving()
+            wait_until(companion.link.connected.is_set, "the agent is connected")
+            with cp.api() as api:
+                agent_id = api.get("/agents").json()["agents"][0]["id"]
+                response = api.post(
+                    "/assignments",
+                    json={"model": _upload(cp, demo_model), "agent": agent_id, "alias": "smol",
+                          "context_length": 512},
+                )  # fmt: skip
+                assert response.status_code == 201, response.text
+            key = create(cp, "bi", "analyst", "finance")["key"]
+            # Before any policy is applied the gateway routes nothing.
+            with pytest.raises(openai.InternalServerError, match="no routing policy is applied"):
+                chat(f"http://127.0.0.1:{cp.ports.http}", key, "hello")
+            with cp.api() as api:
+                applied = api.put(
+                    "/policy",
+                    content=policy(cloud.base_url),
+                    headers={"Content-Type": "application/yaml"},
+                )
+                assert applied.status_code == 201, applied.text
+            companion.wait_applied(desired_generation(cp, agent_id))
+            fleet = Fleet(cp, running.http_base, companion, cloud, key)
+            wait_until(lambda: _home_ready(fleet), "the gateway sees smol served", timeout=120)
+            yield fleet
+
+
+def client(base: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def chat(base: str, key: str, text: str, extra_headers: dict[str, str] | None = None) -> str:
+    answer = client(base, key).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": text}],
+        max_tokens=8,
+        temperature=0,
+        extra_headers=extra_headers,
+    )
+    return answer.choices[0].message.content or ""
+
+
+def _home_ready(fleet: Fleet) -> bool:
+    models = client(fleet.gateway, fleet.key).models.list()
+    return any(m.id == "home" and getattr(m, "ready", False) for m in models.data)
+
+
+def test_the_gateway_needs_a_valid_inference_key(fleet: Fleet) -> None:
+    before = len(fleet.cloud.received)
+    with pytest.raises(openai.AuthenticationError):
+        chat(fleet.gateway, "opk_not-a-key", "hello")
+    no_key = httpx.post(f"{fleet.gateway}/v1/completions", json={"model": "auto", "prompt": "hi"})
+    assert no_key.status_code == 401
+    assert no_key.json()["error"]["type"] == "authentication_error"
+    assert len(fleet.cloud.received) == before
+
+
+def test_public_text_goes_to_the_cloud_with_the_providers_key(fleet: Fleet) -> None:
+    fleet.cloud.behave(Behaviour.STREAM)
+    before = len(fleet.cloud.received)
+    assert chat(fleet.gateway, fleet.key, "What is the capital of France?") == ANSWER_TEXT
+    (received,) = fleet.cloud.received[before:]
+    assert received.headers["authorization"] == f"Bearer {CLOUD_KEY}"
+    assert received.json()["model"] == "cloud-mini"
+    assert received.json()["messages"][0]["content"] == "What is the capital of France?"
+
+
+def test_a_card_number_never_reaches_the_cloud_and_is_answered_by_the_agent(
+    fleet: Fleet,
+) -> None:
+    fleet.cloud.behave(Behaviour.STREAM)
+    before = len(fleet.cloud.received)
+    text = f"My card is {CARD}. Count: 1, 2, 3,"
+    through_gateway = chat(fleet.gateway, fleet.key, text)
+    direct = chat(fleet.agent_http, fleet.key, text)  # the agent itself, same key and policy
+    assert through_gateway
+    assert through_gateway == direct
+    assert fleet.cloud.received[before:] == []
+
+
+def test_a_failing_cloud_falls_back_to_the_agent(fleet: Fleet) -> None:
+    fleet.cloud.behave(Behaviour.FAIL_500)
+    try:
+        before = len(fleet.cloud.received)
+        answer = chat(fleet.gateway, fleet.key, "Count: 1, 2, 3,")
+        assert answer == chat(fleet.agent_http, fleet.key, "Count: 1, 2, 3,", extra_headers={
+            "X-Outpost-Local-Only": "true"})  # fmt: skip
+        assert len(fleet.cloud.received[before:]) == 1  # tried once, then the fallback
+    finally:
+        fleet.cloud.behave(Behaviour.STREAM)
+
+
+def test_streamed_answers_come_through_as_server_sent_events(fleet: Fleet) -> None:
+    text = f"Card {CARD}. Count: 1, 2, 3,"
+    stream = client(fleet.gateway, fleet.key).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": text}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == chat(fleet.gateway, fleet.key, text)
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens > 0
+
+
+def test_completions_and_models_are_served_too(fleet: Fleet) -> None:
+    text = f"Card {CARD}. Count: 1, 2, 3,"
+    completion = client(fleet.gateway, fleet.key).completions.create(
+        model="home", prompt=text, max_tokens=8, temperature=0
+    )
+    assert completion.choices[0].text
+    names = {m.id for m in client(fleet.gateway, fleet.key).models.list().data}
+    assert names == {"home", "cloud"}
+
+
+def test_a_level_above_the_role_is_refused_at_the_gateway(fleet: Fleet) -> None:
+    with pytest.raises(openai.PermissionDeniedError, match="restricted"):
+        chat(
+            fleet.gateway, fleet.key, "hello", extra_headers={"X-Outpost-Data-Level": "restricted"}
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "JSON"),
+        (b'{"model": "auto", "messages": []}', "messages must not be empty"),
+        (b'{"model": "auto", "prompt": 7}', "prompt"),
+    ],
+)
+def test_malformed_bodies_get_openai_errors(fleet: Fleet, body: bytes, message: str) -> None:
+    path = "/v1/completions" if b"prompt" in body else "/v1/chat/completions"
+    response = httpx.post(
+        f"{fleet.gateway}{path}",
+        content=body,
+        headers={"Authorization": f"Bearer {fleet.key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_an_oversized_body_is_refused(fleet: Fleet) -> None:
+    huge = b'{"model": "auto", "prompt": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    response = httpx.post(
+        f"{fleet.gateway}/v1/completions",
+        content=huge,
+        headers={"Authorization": f"Bearer {fleet.key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
