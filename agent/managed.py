@@ -156,7 +156,10 @@ class ManagedAgent:
                 await self.link.run(identity, stop)
         finally:
             sampler.cancel()
-            await recorder  # writes what is queued once `stop` is set
+            if not stop.is_set():  # failed: the recorder stops too (and writes its queue)
+                recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
             self.rollout.close()
             self.telemetry.close()
             self.usage.close()

@@ -36,6 +36,7 @@ class UsageRecorder:
         self._queue: deque[LedgerRecord] = deque()
         self._lost = 0  # rows dropped from a full queue, reported with the next write
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -51,7 +52,7 @@ class UsageRecorder:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Writes queued rows until `stop`, then once more."""
+        """Writes queued rows until `stop` is set (or the task is cancelled), then once more."""
         self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
@@ -67,19 +68,20 @@ class UsageRecorder:
                     waking.cancel()
         finally:
             self._loop = None
-            await asyncio.to_thread(self.flush)
+            self.flush()  # on the loop: it is shutting down, and a cancelled task cannot wait
 
     def flush(self) -> int:
         """Writes what is queued now; returns the rows written. A buffer that fails loses
         them (logged): the agent keeps serving."""
-        with self._lock:
-            rows, self._queue = list(self._queue), deque()
-            lost, self._lost = self._lost, 0
-        if not rows and not lost:
-            return 0
-        try:
-            self._buffer.append_many(rows, also_dropped=lost)
-        except SequencedBufferError as error:
-            log.error("lost %d usage-ledger rows: %s", len(rows), error)
-            return 0
-        return len(rows)
+        with self._flushing:  # one writer at a time keeps the rows in order
+            with self._lock:
+                rows, self._queue = list(self._queue), deque()
+                lost, self._lost = self._lost, 0
+            if not rows and not lost:
+                return 0
+            try:
+                self._buffer.append_many(rows, also_dropped=lost)
+            except SequencedBufferError as error:
+                log.error("lost %d usage-ledger rows: %s", len(rows), error)
+                return 0
+            return len(rows)

@@ -131,3 +131,18 @@ def test_the_recorder_queues_without_blocking_and_writes_in_the_background(
             return len(ids), pending.dropped
 
     assert asyncio.run(scenario()) == (5, 2)
+
+
+def test_a_cancelled_recorder_still_writes_what_it_queued(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        with UsageBuffer(tmp_path) as buffer:
+            recorder = UsageRecorder(buffer)
+            task = asyncio.create_task(recorder.run(asyncio.Event()))
+            await asyncio.sleep(0)  # it runs and waits
+            recorder.record(ledger_row(request_id="queued"))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return [r.request_id for _, r in buffer.pending_items().items]
+
+    assert asyncio.run(scenario()) == ["queued"]
