@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from common.policy.ledger_record import LedgerRecord
+from controlplane import usage_reports
 from controlplane.auth import Role
 from controlplane.usage_store import UsageStore
 from tests.unit.test_controlplane_api import Api, api, error
@@ -199,3 +200,14 @@ def test_the_default_range_is_this_month_until_now(api: Api) -> None:
     since = datetime.fromisoformat(body["since"])
     assert (since.day, since.hour, since.minute) == (1, 0, 0)
     assert datetime.fromisoformat(body["until"]) > since
+
+
+def test_a_spend_report_with_too_many_groups_is_cut_and_says_so(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_reports, "MAX_GROUPS", 2)
+    put(api, *[ledger_row(at=at(1), team=f"team-{n}", cost_nanos=n) for n in range(3)])
+    body = get(api, "/usage/spend")
+    assert [g["team"] for g in body["groups"]] == ["team-0", "team-1"]
+    assert body["truncated"] is True
+    assert body["total"]["cost"] == "0.000000003"  # the total counts every group

@@ -1,0 +1,93 @@
+"""A hostile agent's usage batches on the real control stream: bad rows are turned away or
+clipped, everything handled is acked, a replay stores nothing twice, the stream stays up."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from sqlmodel import col, select
+
+from controlplane.db.models import UsageRecordRow
+from outpost.v1 import control_pb2 as cpb
+from outpost.v1 import control_pb2_grpc as cpb_grpc
+from tests.controlplane_harness import RunningControlPlane
+from tests.integration.test_control_plane_bad_input import (
+    cp,
+    enroll_new,
+    fleet,
+    hello,
+    mtls_channel,
+)
+
+__all__ = ["cp", "fleet"]  # the fixtures, shared
+
+
+def test_hostile_usage_rows_are_checked_and_the_stream_stays_up(cp: RunningControlPlane) -> None:
+    enrolled = enroll_new(cp)
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+
+    def row(seq: int, **fields: object) -> cpb.UsageRecord:
+        values: dict[str, object] = {
+            "seq": seq, "at_us": now_us, "team": "t", "level": "internal", "outcome": "ok",
+        }  # fmt: skip
+        return cpb.UsageRecord(**(values | fields))  # type: ignore[arg-type]
+
+    batch = cpb.UsageBatch(
+        records=[
+            row(
+                1,
+                team="x" * 10_000,
+                prompt="p" * 100_000,
+                latency_ms=float("nan"),
+                attempts=[cpb.UsageAttempt(target="a")] * 500,
+            ),
+            row(2, outcome="splendid"),
+            row(3, at_us=now_us + 3_600_000_000),  # an hour ahead
+            row(4, at_us=-(2**63)),  # no clock holds it
+            row(5, prompt_tokens=2**64 - 1),
+            row(6, cost_nanos=2**63),
+            row(7, cost_nanos=1_500_000_000, completion_tokens=3),
+            row(7),  # a repeat
+            row(0),  # not a sequence number
+        ],
+        dropped=3,
+    )
+    replied = threading.Event()
+
+    def requests() -> Iterator[cpb.AgentMessage]:
+        yield hello(enrolled.agent_id)
+        yield cpb.AgentMessage(usage=batch)
+        yield cpb.AgentMessage(usage=batch)  # replayed whole: nothing is stored twice
+        replied.wait(30)
+
+    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
+        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+        replies = stub.Connect(requests(), timeout=30)
+        assert next(replies).HasField("desired_state")
+        acks = [next(replies).usage_ack.acked_seq for _ in range(2)]
+        replied.set()
+        replies.cancel()
+    assert acks == [7, 7]  # everything handled, so the agent may forget all of it
+    assert cp.server.services is not None
+    with cp.server.services.db.session() as session:
+        stored = [
+            UsageRecordRow.model_validate(r)
+            for r in session.exec(
+                select(UsageRecordRow)
+                .where(UsageRecordRow.source == enrolled.agent_id)
+                .order_by(col(UsageRecordRow.seq))
+            )
+        ]
+    assert [r.seq for r in stored] == [1, 7]
+    first, last = stored
+    assert first.team == "x" * 63
+    assert len(first.prompt or "") == 16_384
+    assert first.latency_ms == 0.0
+    assert len(first.attempts) == 64
+    assert (last.cost_nanos, last.completion_tokens) == (1_500_000_000, 3)
+    with cp.api() as api:
+        spend = api.get("/usage/spend", params={"group_by": "source"}).json()
+    mine = next(g for g in spend["groups"] if g["source"] == enrolled.agent_id)
+    assert (mine["requests"], mine["cost"]) == (2, "1.500000000")
