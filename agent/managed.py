@@ -16,6 +16,7 @@ from agent.artifacts.download import Downloader
 from agent.artifacts.store import ArtifactStore
 from agent.control.client import ControlLink, ControlLinkSettings
 from agent.control.identity import IdentityStore
+from agent.control.site_agents import SiteAgentDirectory
 from agent.control.state_store import DesiredStateError, DesiredStateStore
 from agent.inference_keys import InferenceKeyState
 from agent.inventory import build_hello, capabilities
@@ -32,6 +33,7 @@ from agent.usage_recorder import UsageRecorder
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
 from common.policy.budgets import SettledUsage
+from common.policy.forwarding import ServingAgent
 from common.policy.ledger_record import LedgerRecord
 from common.policy.routing import Caller, PolicyEngine
 
@@ -86,6 +88,7 @@ class ManagedAgent:
         )
         self.link.peer_address = peer_address
         self._inference_address = inference_address
+        self._site_agents = SiteAgentDirectory(self.link.find_site_agent)
         self.artifacts = ArtifactStore(state_dir / "artifacts")
         self.rollout = ModelRollout(
             state_dir,
@@ -116,6 +119,11 @@ class ManagedAgent:
         """The requests settled this UTC month, from the usage buffer (acked or not): what a
         restarted agent's budgets count again."""
         return self.usage.settled_since(month_start(datetime.now(UTC)))
+
+    async def find_site_agents(self, agent: str) -> tuple[ServingAgent, ...]:
+        """Where the site's agent of that id or name takes forwarded requests (asked of the
+        control plane, cached; the last answer while it is unreachable)."""
+        return await self._site_agents.find(agent)
 
     def register_services(self, server: grpc.aio.Server) -> None:
         """Serves this agent's verified artifacts to its site's peers, when configured to."""

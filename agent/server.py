@@ -23,6 +23,7 @@ from common.embedded_http import bind_listener, embedded_server
 from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
 from common.policy.budgets import SettledUsage
 from common.policy.cloud_client import CloudClient
+from common.policy.forwarding import ServingAgent
 from common.policy.gate import PolicyGate
 from common.policy.ledger_record import LedgerRecord
 from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
@@ -78,6 +79,10 @@ class PolicySource(Protocol):
         """Requests settled earlier this UTC month (before a restart), for the budgets."""
         ...
 
+    async def find_site_agents(self, agent: str) -> tuple[ServingAgent, ...]:
+        """Where the site's agent a `site_agent` target names takes forwarded requests."""
+        ...
+
 
 class AgentServer:
     """Runs until `request_stop()`; servers answer at once, health turns SERVING when loaded."""
@@ -109,6 +114,7 @@ class AgentServer:
                 budgets,
                 alerts=RequestAlerts(Notifiers(LogNotifier(), self._webhooks)),
                 ledger=policy.record_usage,
+                site_agents=policy.find_site_agents,
             )
         self.inference = Inference(
             self.pool,

@@ -12,7 +12,7 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, or_, select, update
 
 from common.control import AgentStatus, Hello
 from common.errors import InvalidArgument, NotFound, OutpostError
@@ -326,6 +326,31 @@ class Fleet:
                     for item in peer.status_items or []
                 )
             ]
+
+    def site_agent(self, agent_id: str, wanted: str) -> tuple[str, str] | None:
+        """(id, inference address) of the connected agent of `agent_id`'s site whose id or
+        name is `wanted` and that takes forwarded requests (most recently seen, if names
+        repeat); None when there is none. An agent without a site finds none."""
+        if not isinstance(wanted, str) or not 1 <= len(wanted) <= NAME_CHARS:
+            raise InvalidArgument(f"an agent id or name is 1 to {NAME_CHARS} characters")
+        if not wanted.isprintable():
+            raise InvalidArgument("an agent id or name is printable text")
+        with self._db.session() as session:
+            agent = self._live_agent(session, agent_id)
+            if not agent.site:
+                return None
+            found = session.exec(
+                select(Agent)
+                .where(
+                    col(Agent.site) == agent.site,
+                    or_(col(Agent.id) == wanted, col(Agent.name) == wanted),
+                    col(Agent.revoked_at).is_(None),
+                    col(Agent.state) == AgentState.CONNECTED.value,
+                    col(Agent.inference_address) != "",
+                )
+                .order_by(col(Agent.last_seen_at).desc())
+            ).first()
+            return (found.id, found.inference_address) if found is not None else None
 
     def mark_disconnected(self, agent_id: str) -> None:
         """A connected agent's stream ended; unknown and revoked agents are left as they are."""

@@ -14,7 +14,7 @@ policy's fallbacks apply. Without a policy the gateway answers 503: it routes no
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import InvalidArgument, Unavailable
@@ -22,26 +22,23 @@ from common.inference import (
     ChatRequest,
     CompletionRequest,
     EventStream,
-    GenerationEvent,
     ModelInfo,
     check_messages,
     check_prompt,
 )
 from common.inference_key_grants import caller_for
 from common.policy.cloud_client import CloudClient, Endpoint
-from common.policy.dispatch import Outcome, TargetFailure
-from common.policy.gate import DECLARED_LEVEL_HEADER, LOCAL_ONLY_HEADER, Credentials, PolicyGate
-from common.policy.gate_streams import cloud_events, sampling_body
-from common.policy.policy_model import CloudTarget, LocalTarget
+from common.policy.forwarding import forward_to_agents, forwarding_headers
+from common.policy.gate import Credentials, PolicyGate
+from common.policy.gate_streams import sampling_body
+from common.policy.policy_model import LocalTarget
 from common.policy.routing import Caller, PolicyEngine
-from controlplane.gateway_state import GatewaySnapshot, GatewayState, ServingAgent
+from controlplane.gateway_state import GatewaySnapshot, GatewayState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256  # reserved on budgets when a request names none (agents default lower)
 MAX_TOKENS_LIMIT = 32_768
-# Another agent is tried when one answers with these (unreachable, busy, loading).
-_NEXT_AGENT = (Outcome.ERROR, Outcome.TIMEOUT, Outcome.BUDGET)
 
 
 class Gateway:
@@ -145,53 +142,9 @@ class Gateway:
         level: str,
     ) -> EventStream:
         agents = snapshot.serving.get(alias, ())
-        headers = {DECLARED_LEVEL_HEADER: level, LOCAL_ONLY_HEADER: "true"}
-        if credentials.authorization is not None:
-            headers["authorization"] = credentials.authorization
+        headers = forwarding_headers(credentials.authorization, level)
         timeout_s = _local_timeout(snapshot, alias)
         return forward_to_agents(self._cloud, agents, alias, endpoint, body, headers, timeout_s)
-
-
-async def forward_to_agents(
-    client: CloudClient,
-    agents: tuple[ServingAgent, ...],
-    alias: str,
-    endpoint: Endpoint,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    timeout_s: float,
-) -> AsyncGenerator[GenerationEvent, None]:
-    """The events of the first agent that answers; TargetFailure when none does."""
-    failures: list[str] = []
-    for agent in agents:
-        target = CloudTarget(
-            name=f"agent {agent.agent_id}",
-            model=alias,
-            max_level="",
-            base_url=f"http://{agent.address}/v1",
-            price_per_1k_input=0.0,
-            price_per_1k_output=0.0,
-            redact=False,
-            timeout_s=timeout_s,
-        )
-        events = cloud_events(client, target, endpoint, body, headers)
-        try:
-            first = await anext(events)
-        except TargetFailure as failure:
-            await events.aclose()
-            if failure.outcome not in _NEXT_AGENT:
-                raise
-            log.info("gateway: agent %s did not answer: %s", agent.agent_id, failure.reason)
-            failures.append(f"agent {agent.agent_id}: {failure.reason}")
-            continue
-        except StopAsyncIteration:
-            raise TargetFailure(Outcome.ERROR, f"agent {agent.agent_id} sent nothing") from None
-        yield first
-        async for event in events:
-            yield event
-        return
-    reason = "; ".join(failures) or "no connected agent serves it and takes forwarded requests"
-    raise TargetFailure(Outcome.ERROR, f"model {alias!r}: {reason}")
 
 
 def _local_timeout(snapshot: GatewaySnapshot, alias: str) -> float:

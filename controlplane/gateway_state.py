@@ -11,18 +11,13 @@ from types import MappingProxyType
 
 from common.control import InferenceKeyGrant, ItemState
 from common.policy.document import parse_policy
+from common.policy.forwarding import ServingAgent
 from common.policy.routing import PolicyEngine
 from controlplane.db.models import AgentState
 from controlplane.inference_keys import live_inference_keys
 from controlplane.services import ControlPlaneServices
 
 REFRESH_S = 2.0  # the longest a change made elsewhere (another replica, an agent) goes unseen
-
-
-@dataclass(frozen=True)
-class ServingAgent:
-    agent_id: str
-    address: str  # HOST:PORT of the agent's OpenAI HTTP port
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,29 @@ class ControlLink:
             return []
         return [a for a in response.addresses if _is_address(a)][:MAX_PEERS]
 
+    async def find_site_agent(self, agent: str) -> tuple[str, str] | None:
+        """(id, inference address) of the agent of this site the control plane knows by `agent`
+        (an id or a name); None when it knows none; ConnectionError when it cannot be asked."""
+        if self._session_target is None:
+            raise ConnectionError("the control plane has not been reached yet")
+        identity, port = self._session_target
+        channel = self._channel(identity, port, CHANNEL_OPTIONS)
+        try:
+            stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+            response = await stub.FindSiteAgent(
+                cpb.FindSiteAgentRequest(agent=agent),
+                timeout=RPC_TIMEOUT_S,
+                metadata=self._metadata(identity),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise ConnectionError(_describe(exc)) from exc
+        finally:
+            await channel.close()
+        address = response.inference_address
+        return (response.agent_id, address) if _is_address(address) else None
+
     # -- enrollment -----------------------------------------------------------------------
 
     async def ensure_identity(self, stop: asyncio.Event) -> StoredIdentity | None:

@@ -8,11 +8,12 @@ ask for on-premises targets only (`X-Outpost-Local-Only: true`; the gateway send
 request it forwards to an agent). `PolicyEngine.decide` classifies the prompt and lists the
 targets; `dispatch_stream` tries them in order: a `local` target runs through `start_local` (the
 agent's own model, or the gateway's forwarding to an agent serving it), a `cloud` target through
-the OpenAI-compatible client, and a `site_agent` target fails (forwarding between agents is not
-built yet), so the policy's fallbacks apply. Each routed request is reserved on its team's and
-key's budgets first (common/policy/request_budgets.py) and settled when it ends; firing alert
-rules restrict routing (common/policy/request_alerts.py); every routed request, answered,
-refused or failed, gives one ledger row to `ledger`. A refusal is 403, a missing or unknown key
+the OpenAI-compatible client, a `site_agent` target is forwarded to that agent of the site
+(common/policy/forwarding.py; a request that was forwarded already is not forwarded again).
+Each routed request is reserved on its team's and key's budgets first
+(common/policy/request_budgets.py) and settled when it ends; firing alert rules restrict
+routing (common/policy/request_alerts.py); every routed request, answered, refused or failed,
+gives one ledger row to `ledger`. A refusal is 403, a missing or unknown key
 401, a budget that rejects 429, no target answering 503 with every attempt's reason.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,19 +34,32 @@ from common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from common.inference import ChatRequest, CompletionRequest, EventStream, Finished
+from common.inference import ChatRequest, CompletionRequest, EventStream, Finished, GenerationEvent
 from common.policy.cloud_client import CloudClient, Endpoint
-from common.policy.dispatch import AttemptRecord, DispatchFailed, Outcome, dispatch_stream
+from common.policy.dispatch import (
+    AttemptRecord,
+    DispatchFailed,
+    Outcome,
+    TargetFailure,
+    dispatch_stream,
+)
+from common.policy.forwarding import (
+    DECLARED_LEVEL_HEADER,
+    FORWARDED_HEADER,
+    LOCAL_ONLY_HEADER,
+    ServingAgent,
+    forward_to_agents,
+    forwarding_headers,
+)
 from common.policy.gate_streams import (
     SettlingStream,
     StartLocal,
     cloud_events,
-    failing_events,
     local_events,
     sampling_body,
 )
 from common.policy.ledger_record import LedgerRecord, ledger_record
-from common.policy.policy_model import CloudTarget, LocalTarget, Policy, Target
+from common.policy.policy_model import CloudTarget, LocalTarget, Policy, SiteAgentTarget, Target
 from common.policy.request_alerts import RequestAlerts
 from common.policy.request_budgets import Held, RequestBudgets
 from common.policy.routing import Caller, Decision, PolicyEngine, Restrictions
@@ -54,8 +68,6 @@ __all__ = ["NO_CREDENTIALS", "Credentials", "PolicyGate", "StartLocal"]
 
 log = logging.getLogger(__name__)
 
-DECLARED_LEVEL_HEADER = "x-outpost-data-level"
-LOCAL_ONLY_HEADER = "x-outpost-local-only"
 MAX_CREDENTIAL_CHARS = 4096
 LedgerSink = Callable[[LedgerRecord], None]
 
@@ -67,20 +79,29 @@ class Credentials:
     authorization: str | None = None
     declared_level: str | None = None
     local_only: bool = False  # the caller restricts itself to on-premises targets
+    forwarded: bool = False  # forwarded by the gateway or another agent: not forwarded again
 
 
 NO_CREDENTIALS = Credentials()
 Authenticate = Callable[[str | None], Caller | None]
+# The agents of this agent's site a `site_agent` target's `agent` (an id or a name) names.
+FindSiteAgents = Callable[[str], Awaitable[tuple[ServingAgent, ...]]]
 
 
 def credentials_from(header: Callable[[str], str | None]) -> Credentials:
     """A request's credentials from its HTTP headers or gRPC metadata (`header` looks up a
-    lowercase name). `X-Outpost-Local-Only`: "true", "1" or "yes" ask for on-premises targets."""
-    local_only = header(LOCAL_ONLY_HEADER)
+    lowercase name). `X-Outpost-Local-Only` and `X-Outpost-Forwarded` are flags: "true", "1"
+    or "yes" set them."""
+
+    def flag(name: str) -> bool:
+        value = header(name)
+        return value is not None and value.strip().lower() in {"true", "1", "yes"}
+
     return Credentials(
         header("authorization"),
         header(DECLARED_LEVEL_HEADER),
-        local_only is not None and local_only.strip().lower() in {"true", "1", "yes"},
+        flag(LOCAL_ONLY_HEADER),
+        flag(FORWARDED_HEADER),
     )
 
 
@@ -105,14 +126,17 @@ class PolicyGate:
         *,
         alerts: RequestAlerts | None = None,
         ledger: LedgerSink | None = None,
+        site_agents: FindSiteAgents | None = None,
     ) -> None:
-        """`ledger` is called once per routed request, on the event loop: it must not block."""
+        """`ledger` is called once per routed request, on the event loop: it must not block.
+        `site_agents` resolves `site_agent` targets (None: such targets fail, and fall back)."""
         self._engine = engine
         self._authenticate = authenticate
         self._cloud = cloud
         self._budgets = budgets or RequestBudgets()
         self.alerts = alerts or RequestAlerts()
         self._ledger = ledger
+        self._site_agents = site_agents
 
     def engine(self) -> PolicyEngine:
         """The policy in force now (`PolicyEngine(None)`: none)."""
@@ -214,7 +238,8 @@ class PolicyGate:
                 return local_events(start_local, target.model, sent, decision.level)
             if isinstance(target, CloudTarget):
                 return cloud_events(self._cloud, target, endpoint, cloud_body(sent))
-            return failing_events(f"target {target.name}: forwarding to other agents is not built")
+            headers = forwarding_headers(credentials.authorization, decision.level)
+            return self._site_agent_events(target, credentials, endpoint, cloud_body(sent), headers)
 
         try:
             stream = await dispatch_stream(
@@ -247,6 +272,33 @@ class PolicyGate:
             self._record(policy, now, decision, stream.attempts, answered, finished, cost)
 
         return SettlingStream(stream, settle)
+
+    async def _site_agent_events(
+        self,
+        target: SiteAgentTarget,
+        credentials: Credentials,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        headers: dict[str, str],
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """The answer of the site's agent the target names, with the caller's key."""
+        if credentials.forwarded:
+            raise TargetFailure(Outcome.ERROR, "a forwarded request is not forwarded again")
+        if self._site_agents is None:
+            raise TargetFailure(Outcome.ERROR, "this endpoint does not forward to site agents")
+        agents = await self._site_agents(target.agent)
+        if not agents:
+            raise TargetFailure(
+                Outcome.ERROR, f"agent {target.agent!r} is not known, connected or forwardable"
+            )
+        events = forward_to_agents(
+            self._cloud, agents, target.model, endpoint, body, headers, target.timeout_s
+        )
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
 
     def _settle(
         self, policy: Policy, held: Held, target: str | None, finished: Finished | None

@@ -115,11 +115,6 @@ async def cloud_events(
     yield Finished(reason, tokens)
 
 
-async def failing_events(reason: str) -> AsyncIterator[GenerationEvent]:
-    raise TargetFailure(Outcome.ERROR, reason)
-    yield  # an async generator that fails when first read
-
-
 def _chunk_text(endpoint: Endpoint, choice: dict[str, Any]) -> str:
     if endpoint is Endpoint.CHAT:
         delta = choice.get("delta")

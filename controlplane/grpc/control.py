@@ -65,6 +65,24 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         )
         return cpb.FindPeersResponse(addresses=addresses[:MAX_PEER_ANSWERS])
 
+    async def FindSiteAgent(
+        self, request: cpb.FindSiteAgentRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.FindSiteAgentResponse:
+        caller = await self._auth.authenticate(context, "find-site-agent")
+        try:
+            found = await asyncio.to_thread(
+                self._services.fleet.site_agent, caller.agent_id, request.agent
+            )
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no connected agent {request.agent!r} of this site takes forwarded requests",
+            )
+            return cpb.FindSiteAgentResponse()  # abort raises; this satisfies the type checker
+        return cpb.FindSiteAgentResponse(agent_id=found[0], inference_address=found[1])
+
     async def RenewCertificate(
         self, request: cpb.RenewRequest, context: grpc.aio.ServicerContext
     ) -> cpb.RenewResponse:

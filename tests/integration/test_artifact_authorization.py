@@ -137,6 +137,11 @@ def find_peers(channel: grpc.Channel, sha256: str) -> list[str]:
     return list(answer.addresses)
 
 
+def find_site_agent(channel: grpc.Channel, agent: str) -> tuple[str, str]:
+    answer = control(channel).FindSiteAgent(cpb.FindSiteAgentRequest(agent=agent), timeout=30)
+    return answer.agent_id, answer.inference_address
+
+
 # -- ArtifactService -------------------------------------------------------------------------
 
 
@@ -422,3 +427,47 @@ def test_a_revoked_agent_cannot_find_peers(
         error = refusal(lambda: find_peers(channel, sha))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert len(denials(services, "find-peers")) == before + 1
+
+
+# -- FindSiteAgent ---------------------------------------------------------------------------
+
+
+def forwardable(services: ControlPlaneServices, site: str, name: str, address: str) -> str:
+    agent_id = enroll_row(services, name, site=site)
+    services.fleet.record_hello(
+        agent_id, Hello(agent_id, "1.0", Hardware(), inference_address=address)
+    )
+    return agent_id
+
+
+def test_find_site_agent_answers_a_connected_forwardable_agent_of_the_same_site(
+    cp: RunningControlPlane, services: ControlPlaneServices
+) -> None:
+    site = f"shop-{uuid.uuid4().hex[:8]}"
+    caller = enroll_agent(cp, site)
+    shelf = forwardable(services, site, "shelf", "10.4.0.1:8080")
+    forwardable(services, f"{site}-x", "elsewhere", "10.4.0.2:8080")  # another site
+    forwardable(services, site, "no-address", "")  # takes no forwarded requests
+    gone = forwardable(services, site, "gone", "10.4.0.3:8080")
+    services.fleet.mark_disconnected(gone)
+    revoked = forwardable(services, site, "revoked", "10.4.0.4:8080")
+    services.fleet.revoke(revoked, actor="t")
+    with mtls_channel(cp, caller.key_pem, caller.certificate_pem) as channel:
+        assert find_site_agent(channel, shelf) == (shelf, "10.4.0.1:8080")
+        assert find_site_agent(channel, "shelf") == (shelf, "10.4.0.1:8080")
+        for unknown in ("elsewhere", "no-address", "gone", "revoked", gone, "nobody"):
+            error = refusal(lambda name=unknown: find_site_agent(channel, name))  # type: ignore[misc]
+            assert error.code() == grpc.StatusCode.NOT_FOUND, unknown
+        for bad in ("", "x" * 10_000, "bad\nname"):
+            error = refusal(lambda name=bad: find_site_agent(channel, name))  # type: ignore[misc]
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(bad)
+
+
+def test_an_agent_without_a_site_finds_no_site_agent(
+    cp: RunningControlPlane, services: ControlPlaneServices
+) -> None:
+    caller = enroll_agent(cp)
+    lonely = forwardable(services, "", "lonely", "10.5.0.1:8080")
+    with mtls_channel(cp, caller.key_pem, caller.certificate_pem) as channel:
+        error = refusal(lambda: find_site_agent(channel, lonely))
+        assert error.code() == grpc.StatusCode.NOT_FOUND

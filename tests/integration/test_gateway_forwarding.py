@@ -11,8 +11,7 @@ import pytest
 from common.inference import Finished, GenerationEvent, TextDelta
 from common.policy.cloud_client import CloudClient, Endpoint
 from common.policy.dispatch import Outcome, TargetFailure
-from controlplane.gateway import forward_to_agents
-from controlplane.gateway_state import ServingAgent
+from common.policy.forwarding import ServingAgent, forward_to_agents
 from tests.recording_openai_server import ANSWER_TEXT, Behaviour, RecordingOpenAI
 
 HEADERS = {

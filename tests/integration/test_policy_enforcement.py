@@ -17,6 +17,7 @@ import pytest
 from agent.settings import ModelSettings
 from common.policy.budgets import SettledUsage
 from common.policy.document import parse_policy
+from common.policy.forwarding import ServingAgent
 from common.policy.ledger_record import LedgerRecord
 from common.policy.routing import Caller, PolicyEngine
 from outpost.v1 import inference_pb2 as pb
@@ -68,6 +69,9 @@ class StaticPolicy:
 
     def settled_usage(self) -> list[SettledUsage]:
         return []
+
+    async def find_site_agents(self, agent: str) -> tuple[ServingAgent, ...]:
+        return ()
 
     def authenticate(self, authorization: str | None) -> Caller | None:
         if authorization == f"Bearer {KEY}":

@@ -36,6 +36,20 @@ class FindPeersResponse(_message.Message):
     addresses: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class FindSiteAgentRequest(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    def __init__(self, agent: _Optional[str] = ...) -> None: ...
+
+class FindSiteAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "inference_address")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    inference_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., inference_address: _Optional[str] = ...) -> None: ...
+
 class ManifestRequest(_message.Message):
     __slots__ = ("sha256",)
     SHA256_FIELD_NUMBER: _ClassVar[int]

@@ -173,6 +173,11 @@ class ControlServiceStub(object):
                 request_serializer=outpost_dot_v1_dot_control__pb2.FindPeersRequest.SerializeToString,
                 response_deserializer=outpost_dot_v1_dot_control__pb2.FindPeersResponse.FromString,
                 _registered_method=True)
+        self.FindSiteAgent = channel.unary_unary(
+                '/outpost.v1.ControlService/FindSiteAgent',
+                request_serializer=outpost_dot_v1_dot_control__pb2.FindSiteAgentRequest.SerializeToString,
+                response_deserializer=outpost_dot_v1_dot_control__pb2.FindSiteAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer(object):
@@ -201,6 +206,14 @@ class ControlServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindSiteAgent(self, request, context):
+        """Where an agent of the caller's site takes forwarded requests (routing policy `site_agent`
+        targets). NOT_FOUND: no connected agent of that id or name there takes them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +231,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.FindPeers,
                     request_deserializer=outpost_dot_v1_dot_control__pb2.FindPeersRequest.FromString,
                     response_serializer=outpost_dot_v1_dot_control__pb2.FindPeersResponse.SerializeToString,
+            ),
+            'FindSiteAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSiteAgent,
+                    request_deserializer=outpost_dot_v1_dot_control__pb2.FindSiteAgentRequest.FromString,
+                    response_serializer=outpost_dot_v1_dot_control__pb2.FindSiteAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +320,33 @@ class ControlService(object):
             '/outpost.v1.ControlService/FindPeers',
             outpost_dot_v1_dot_control__pb2.FindPeersRequest.SerializeToString,
             outpost_dot_v1_dot_control__pb2.FindPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSiteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outpost.v1.ControlService/FindSiteAgent',
+            outpost_dot_v1_dot_control__pb2.FindSiteAgentRequest.SerializeToString,
+            outpost_dot_v1_dot_control__pb2.FindSiteAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
