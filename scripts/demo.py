@@ -78,6 +78,8 @@ def main() -> int:
             str(AGENT_GRPC),
             "--http-port",
             str(AGENT_HTTP),
+            "--inference-address",  # where the control plane's gateway forwards requests
+            f"127.0.0.1:{AGENT_HTTP}",
         ]
         if not (agent_dir / "identity.json").exists():
             token = httpx.post(f"{api}/tokens", json={"site": "demo"}, headers=headers).json()
@@ -168,6 +170,11 @@ def main() -> int:
         print(
             f"Agent {agent_id[:8]}:     OpenAI API http://127.0.0.1:{AGENT_HTTP}/v1 "
             f"(model 'smol'), gRPC 127.0.0.1:{AGENT_GRPC}"
+        )
+        print(
+            f"Gateway:            OpenAI API http://127.0.0.1:{CP_HTTP}/v1 once a routing policy "
+            f"is applied ({BIN / 'outpost'} policy apply examples/routing-policy.yaml; callers "
+            f"then need a key from {BIN / 'outpost'} inference-keys create)"
         )
         print(
             f"The agent reaches the control plane over mutual TLS on 127.0.0.1:{CP_MTLS}. "
