@@ -102,6 +102,8 @@ class ApiKeys:
             record, user = row
             if not hmac.compare_digest(record.key_hash, key_hash) or record.revoked_at is not None:
                 return None
+            if user.disabled_at is not None:  # `outpost users disable`
+                return None
             now = self._clock()
             if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
                 record.last_used_at = now

@@ -33,6 +33,7 @@ from controlplane.policy_cli import (
     runs_offline,
 )
 from controlplane.settings import ControlPlaneSettings
+from controlplane.user_cli import add_user_commands, run_user_command
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands, common)
     add_policy_commands(commands, common)
     add_inference_key_commands(commands, common)
+    add_user_commands(commands, common)
     add_bundle_commands(commands)
     return parser
 
@@ -331,6 +333,8 @@ def _run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             run_policy_command(client, args)
         elif args.command == "inference-keys":
             run_inference_key_command(client, args)
+        elif args.command == "users":
+            run_user_command(client, args)
         else:
             (_tokens if args.command == "tokens" else _agents)(client, args)
     except (KeyError, TypeError, IndexError) as exc:

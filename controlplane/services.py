@@ -23,6 +23,7 @@ from controlplane.policy_store import PolicyStore
 from controlplane.telemetry_store import TelemetryStore
 from controlplane.tokens import JoinTokens
 from controlplane.usage_store import UsageStore
+from controlplane.users import Users
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ControlPlaneServices:
     policies: PolicyStore
     inference_keys: InferenceKeys
     usage: UsageStore
+    users: Users
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -87,6 +89,7 @@ class ControlPlaneServices:
             policies=PolicyStore(db, audit, desired, clock=clock),
             inference_keys=InferenceKeys(db, audit, desired, clock=clock),
             usage=UsageStore(db, clock=clock),
+            users=Users(db, audit, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

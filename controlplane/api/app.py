@@ -28,6 +28,7 @@ from controlplane.api.sites import site_routes
 from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
 from controlplane.api.usage import usage_routes
+from controlplane.api.users import user_routes
 from controlplane.fleet_metrics import prometheus
 from controlplane.services import ControlPlaneServices
 
@@ -85,6 +86,7 @@ def create_app(
         *policy_routes(services),
         *inference_key_routes(services),
         *usage_routes(services),
+        *user_routes(services),
     ]
     api = Router(
         path=API_PREFIX,

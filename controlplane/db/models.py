@@ -166,6 +166,21 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=ID_CHARS, unique=True)
     role: str = Field(max_length=16)
     created_at: datetime = Field(sa_type=UtcDateTime)
+    # scrypt$N$r$p$salt$hash (controlplane/passwords.py); None: no console login
+    password_hash: str | None = Field(default=None, max_length=255)
+    disabled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A console login; the cookie holds a random id, only its sha256 is stored."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: str = Field(primary_key=True, max_length=64)  # sha256, lowercase hex
+    user_id: int = Field(foreign_key="users.id", index=True)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    last_seen_at: datetime = Field(sa_type=UtcDateTime)
+    expires_at: datetime = Field(sa_type=UtcDateTime)  # absolute: a login lasts no longer
 
 
 class ApiKey(SQLModel, table=True):
