@@ -120,6 +120,7 @@ def _document(record: LedgerRecord) -> dict[str, Any]:
         "cost_nanos": record.cost_nanos,
         "policy_digest": record.policy_digest,
         "prompt": record.prompt,
+        "forwarded": record.forwarded,
     }
 
 
@@ -178,4 +179,5 @@ def _record(document: dict[str, Any]) -> LedgerRecord:
         cost_nanos=_count(document, "cost_nanos"),
         policy_digest=_text(document, "policy_digest"),
         prompt=_optional_text(document, "prompt"),
+        forwarded=typed(document.get("forwarded", False), bool, "forwarded"),  # absent: older
     )

@@ -468,6 +468,7 @@ def _usage_record_to_pb(seq: int, record: LedgerRecord) -> cpb.UsageRecord:
         latency_ms=record.latency_ms,
         cost_nanos=record.cost_nanos,
         policy_digest=record.policy_digest,
+        forwarded=record.forwarded,
     )
     if record.route is not None:
         message.route = record.route
@@ -508,6 +509,7 @@ def usage_batch_from_pb(message: cpb.UsageBatch) -> UsageBatch:
             cost_nanos=item.cost_nanos,
             policy_digest=item.policy_digest,
             prompt=item.prompt if item.HasField("prompt") else None,
+            forwarded=item.forwarded,
         )
         records.append(SequencedRecord(seq=item.seq, record=record))
     return UsageBatch(records=tuple(records), dropped=message.dropped)

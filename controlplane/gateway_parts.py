@@ -39,7 +39,14 @@ class GatewayParts:
         def gate_for(
             engine: Callable[[], PolicyEngine], authenticate: Callable[[str | None], Caller | None]
         ) -> PolicyGate:
-            return PolicyGate(engine, authenticate, cloud, alerts=alerts, ledger=ledger.record)
+            return PolicyGate(
+                engine,
+                authenticate,
+                cloud,
+                alerts=alerts,
+                ledger=ledger.record,
+                local_targets_forwarded=True,  # served by forwarding to an agent
+            )
 
         return cls(state, Gateway(state, cloud, gate_for), cloud, webhooks, ledger)
 

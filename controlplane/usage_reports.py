@@ -77,6 +77,12 @@ def _in(window: Window) -> ColumnElement[bool]:
     return and_(at >= window.since, at < window.until)
 
 
+def _counted(window: Window) -> ColumnElement[bool]:
+    """The rows in the window that count a request: not the forwarding side's row of a request
+    another agent answered (that agent's own row counts it, with its tokens and cost)."""
+    return and_(_in(window), col(UsageRecordRow.forwarded).is_(False))
+
+
 def _aggregates() -> list[Any]:
     """Counts and sums of a group. Cost is summed as whole units and the remainder in nano-units
     apart: neither sum can overflow 64 bits (SQLite's SUM fails rather than widen)."""
@@ -121,7 +127,8 @@ class UsageReports:
 
     def totals(self, window: Window) -> Totals:
         with self._db.session() as session:
-            row = session.connection().execute(select(*_aggregates()).where(_in(window))).one()
+            statement = select(*_aggregates()).where(_counted(window))
+            row = session.connection().execute(statement).one()
         return _totals(row)
 
     def spend(
@@ -133,7 +140,7 @@ class UsageReports:
         keys = [self._table.c[name] for name in names]
         statement = (
             select(*keys, *_aggregates())
-            .where(_in(window))
+            .where(_counted(window))
             .group_by(*keys)
             .order_by(*keys)
             .limit(MAX_GROUPS + 1)
@@ -148,7 +155,7 @@ class UsageReports:
 
     def by_level(self, window: Window) -> dict[str, Totals]:
         level = col(UsageRecordRow.level)
-        statement = select(level, *_aggregates()).where(_in(window)).group_by(level)
+        statement = select(level, *_aggregates()).where(_counted(window)).group_by(level)
         with self._db.session() as session:
             rows = session.connection().execute(statement).all()
         return {row[0]: _totals(row[1:]) for row in rows}
@@ -159,9 +166,10 @@ class UsageReports:
         *,
         limit: int,
         before: tuple[datetime, int] | None = None,
-        filters: dict[str, str] | None = None,
+        filters: dict[str, str | bool] | None = None,
     ) -> list[UsageRecordRow]:
-        """Rows newest first (by time, then id); `before` (time, id) continues a page."""
+        """Rows newest first (by time, then id), forwarded ones too; `before` (time, id)
+        continues a page; `filters`: column name -> value."""
         at, row_id = col(UsageRecordRow.at), col(UsageRecordRow.id)
         statement = select(UsageRecordRow).where(_in(window))
         for name, value in (filters or {}).items():

@@ -109,4 +109,5 @@ def row_values(record: LedgerRecord) -> dict[str, Any]:
         "cost_nanos": record.cost_nanos,
         "policy_digest": clean_text(record.policy_digest, DIGEST_CHARS),
         "prompt": _optional(record.prompt, MAX_PROMPT_CHARS),
+        "forwarded": record.forwarded is True,
     }

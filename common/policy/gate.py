@@ -127,9 +127,12 @@ class PolicyGate:
         alerts: RequestAlerts | None = None,
         ledger: LedgerSink | None = None,
         site_agents: FindSiteAgents | None = None,
+        local_targets_forwarded: bool = False,
     ) -> None:
         """`ledger` is called once per routed request, on the event loop: it must not block.
-        `site_agents` resolves `site_agent` targets (None: such targets fail, and fall back)."""
+        `site_agents` resolves `site_agent` targets (None: such targets fail, and fall back).
+        `local_targets_forwarded`: `start_local` forwards to an agent (the gateway), so a row a
+        local target answered is marked `forwarded`, like one a site_agent target answered."""
         self._engine = engine
         self._authenticate = authenticate
         self._cloud = cloud
@@ -137,6 +140,7 @@ class PolicyGate:
         self.alerts = alerts or RequestAlerts()
         self._ledger = ledger
         self._site_agents = site_agents
+        self._local_targets_forwarded = local_targets_forwarded
 
     def engine(self) -> PolicyEngine:
         """The policy in force now (`PolicyEngine(None)`: none)."""
@@ -267,9 +271,8 @@ class PolicyGate:
         )
 
         def settle(finished: Finished | None) -> None:
-            answered = stream.target.name
-            cost = self._settle(policy, held, answered, finished)
-            self._record(policy, now, decision, stream.attempts, answered, finished, cost)
+            cost = self._settle(policy, held, stream.target.name, finished)
+            self._record(policy, now, decision, stream.attempts, stream.target, finished, cost)
 
         return SettlingStream(stream, settle)
 
@@ -320,12 +323,16 @@ class PolicyGate:
         request: _Request,
         decision: Decision,
         attempts: Sequence[AttemptRecord] = (),
-        answered_by: str | None = None,
+        answered_by: Target | None = None,
         finished: Finished | None = None,
         cost_nanos: int = 0,
         refusal: str = "",
     ) -> None:
-        """The request's ledger row to the sink and its outcome to the alert rules."""
+        """The request's ledger row to the sink and its outcome to the alert rules; the row is
+        `forwarded` when the target that answered did so by forwarding to another agent."""
+        forwarded = isinstance(answered_by, SiteAgentTarget) or (
+            self._local_targets_forwarded and isinstance(answered_by, LocalTarget)
+        )
         try:
             record = ledger_record(
                 at=request.at,
@@ -333,7 +340,7 @@ class PolicyGate:
                 caller=request.caller,
                 decision=decision,
                 attempts=attempts,
-                answered_by=answered_by,
+                answered_by=answered_by.name if answered_by is not None else None,
                 refusal=refusal,
                 prompt_tokens=finished.usage.prompt_tokens if finished else 0,
                 completion_tokens=finished.usage.completion_tokens if finished else 0,
@@ -341,6 +348,7 @@ class PolicyGate:
                 cost_nanos=cost_nanos,
                 policy=policy,
                 parts=request.parts,
+                forwarded=forwarded,
             )
             self.alerts.observe(policy, record)
             if self._ledger is not None:

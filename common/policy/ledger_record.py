@@ -45,6 +45,9 @@ class LedgerRecord:
     cost_nanos: int  # see common.policy.costs (integer nano-units of the prices' currency)
     policy_digest: str
     prompt: str | None = None  # only with ledger.store_prompts
+    # Answered by forwarding to another agent (a site_agent target; the gateway's local
+    # targets): that agent records the request too, and its row is the one reports count.
+    forwarded: bool = False
 
 
 def ledger_record(
@@ -62,6 +65,7 @@ def ledger_record(
     cost_nanos: int = 0,
     policy: Policy | None = None,
     parts: Sequence[str] = (),
+    forwarded: bool = False,
 ) -> LedgerRecord:
     """The row for one request. `refusal`: a refusal that came after the decision (a budget);
     the decision's own refusal is taken from it. `parts` are kept only when the policy says so."""
@@ -100,6 +104,7 @@ def ledger_record(
         cost_nanos=cost_nanos,
         policy_digest=decision.policy_digest,
         prompt="\n\n".join(parts) if store else None,
+        forwarded=forwarded,
     )
 
 

@@ -69,6 +69,7 @@ def record_view(row: UsageRecordRow) -> dict[str, Any]:
         "latency_ms": row.latency_ms,
         "cost": money(row.cost_nanos),
         "policy_digest": row.policy_digest,
+        "forwarded": row.forwarded,
     }
     if row.prompt is not None:
         view["prompt"] = row.prompt
@@ -85,6 +86,13 @@ def parse_cursor(text: str) -> tuple[datetime, int]:
     if not moment or not row_id.isdigit() or not 0 < int(row_id) < 2**63:
         raise InvalidArgument(f"'cursor' must be a page's next_cursor, not {text[:64]!r}")
     return parse_time(moment, "cursor"), int(row_id)
+
+
+def parse_flag(text: str, name: str) -> bool:
+    """'true' or 'false'; InvalidArgument naming the parameter otherwise."""
+    if text not in ("true", "false"):
+        raise InvalidArgument(f"'{name}' must be 'true' or 'false', not {text[:16]!r}")
+    return text == "true"
 
 
 def share(part: int, whole: int) -> float:
@@ -237,12 +245,26 @@ def usage_routes(services: ControlPlaneServices) -> list[Any]:
         ),
         outcome: str | None = Parameter(default=None, max_length=16),
         level: str | None = Parameter(default=None, max_length=ID_CHARS),
+        forwarded: str | None = Parameter(
+            default=None,
+            max_length=8,
+            description="'true': only rows answered by forwarding to another agent; 'false': "
+            "only the others",
+        ),
     ) -> dict[str, Any]:
         """Ledger rows in the range, newest first, `limit` per page; `next_cursor` continues
-        (null on the last page). A row has `prompt` only when the policy stored it."""
+        (null on the last page). A row has `prompt` only when the policy stored it; a
+        `forwarded` row is the forwarding side's of a request another agent answered (and
+        recorded: the reports count only that one)."""
         span = window(since, until)
         before = parse_cursor(cursor) if cursor is not None else None
-        filters = {"team": team, "source": source, "outcome": outcome, "level": level}
+        filters: dict[str, str | bool | None] = {
+            "team": team,
+            "source": source,
+            "outcome": outcome,
+            "level": level,
+            "forwarded": parse_flag(forwarded, "forwarded") if forwarded is not None else None,
+        }
         chosen = {name: value for name, value in filters.items() if value is not None}
 
         def load() -> dict[str, Any]:

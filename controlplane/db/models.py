@@ -404,3 +404,5 @@ class UsageRecordRow(SQLModel, table=True):
     cost_nanos: int = Field(sa_type=BigInteger)  # nano-units of the prices' currency
     policy_digest: str = Field(max_length=64)
     prompt: str | None = Field(default=None, sa_type=Text)
+    # Answered by forwarding to another agent, whose own row counts the request in reports.
+    forwarded: bool = False

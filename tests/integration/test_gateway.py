@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -236,3 +238,28 @@ def test_an_oversized_body_is_refused(fleet: Fleet) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_request_the_agent_answers_through_the_gateway_is_counted_once(fleet: Fleet) -> None:
+    since = datetime.now(UTC).isoformat()  # rows of earlier tests arrived before
+    assert chat(fleet.gateway, fleet.key, f"Card {CARD}. Count: 4, 5,")  # home: the agent
+
+    def records() -> list[dict[str, Any]]:
+        with fleet.cp.api() as api:
+            found = api.get("/usage/records", params={"since": since}).json()["records"]
+        return [r for r in found if r["level"] == "confidential"]
+
+    wait_until(lambda: len(records()) >= 2, "both rows are stored (the agent ships its own)")
+    assert len(records()) == 2
+    rows = {r["source"]: r for r in records()}
+    (agent_id,) = set(rows) - {"gateway"}
+    assert (rows["gateway"]["forwarded"], rows[agent_id]["forwarded"]) == (True, False)
+    assert rows["gateway"]["target"] == rows[agent_id]["target"] == "home"
+    with fleet.cp.api() as api:
+        spend = api.get("/usage/spend", params={"since": since, "group_by": "source"}).json()
+        only = api.get("/usage/records", params={"since": since, "forwarded": "true"}).json()
+    assert spend["total"]["requests"] == 1
+    assert spend["total"]["completion_tokens"] == rows[agent_id]["completion_tokens"] > 0
+    assert spend["total"]["cost"] == rows[agent_id]["cost"]
+    assert [g["source"] for g in spend["groups"]] == [agent_id]
+    assert [r["source"] for r in only["records"]] == ["gateway"]

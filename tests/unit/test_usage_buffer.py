@@ -23,15 +23,17 @@ def test_rows_round_trip_exactly_across_a_restart(tmp_path: Path) -> None:
         ledger_row(),
         ledger_row(request_id="req-2", route=None, target=None, outcome="refused", attempts=()),
         ledger_row(request_id="req-3", prompt='Ünïcode prompt 🌡 "quoted"', detectors=()),
+        ledger_row(request_id="req-4", forwarded=True),
     ]
     with UsageBuffer(tmp_path) as buffer:
-        assert buffer.append_many(rows) == [1, 2, 3]
+        assert buffer.append_many(rows) == [1, 2, 3, 4]
     assert stat.S_IMODE((tmp_path / USAGE_FILE).stat().st_mode) == 0o600
     with UsageBuffer(tmp_path) as reopened:
         pending = reopened.pending_items()
-        assert pending.items == ((1, rows[0]), (2, rows[1]), (3, rows[2]))
+        assert pending.items == tuple(enumerate(rows, start=1))
+        assert pending.items[3][1].forwarded is True
         assert pending.dropped == 0
-        assert reopened.append(ledger_row()) == 4
+        assert reopened.append(ledger_row()) == 5
 
 
 def test_a_long_prompt_is_cut(tmp_path: Path) -> None:
@@ -86,6 +88,20 @@ def test_settled_usage_is_bounded(tmp_path: Path) -> None:
     with UsageBuffer(tmp_path, max_settled=2) as buffer:
         buffer.append_many([ledger_row(cost_nanos=n) for n in range(1, 6)])
         assert [u.cost_nanos for u in buffer.settled_since(month_start(AT))] == [4, 5]
+
+
+def test_rows_stored_before_the_forwarded_mark_read_as_not_forwarded(tmp_path: Path) -> None:
+    with UsageBuffer(tmp_path) as buffer:
+        buffer.append_many([ledger_row(forwarded=True), ledger_row(forwarded=True)])
+    with sqlite3.connect(tmp_path / USAGE_FILE) as connection:
+        connection.execute("UPDATE records SET body = json_remove(body, '$.forwarded')"
+                           " WHERE seq = 1")  # fmt: skip
+        connection.execute("UPDATE records SET body = json_set(body, '$.forwarded', 'yes')"
+                           " WHERE seq = 2")  # fmt: skip
+    connection.close()
+    with UsageBuffer(tmp_path) as buffer:
+        ((seq, row),) = buffer.pending_items().items  # a mark that is not a bool: damaged
+    assert (seq, row) == (1, ledger_row(forwarded=False))
 
 
 def test_damaged_rows_are_dropped_and_a_foreign_file_is_a_clear_error(

@@ -16,6 +16,7 @@ def test_a_batch_round_trips_every_field() -> None:
             SequencedRecord(1, ledger_row(prompt="the prompt")),
             SequencedRecord(2, ledger_row(route=None, target=None, outcome="refused")),
             SequencedRecord(3, ledger_row(prompt="", route="", target="")),
+            SequencedRecord(4, ledger_row(forwarded=True)),
         ),
         dropped=4,
     )
@@ -31,3 +32,4 @@ def test_times_no_clock_holds_become_datetime_min() -> None:
     assert item.record.at == datetime.min.replace(tzinfo=UTC)
     assert item.record.route is None
     assert item.record.prompt is None
+    assert item.record.forwarded is False

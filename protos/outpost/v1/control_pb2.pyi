@@ -210,7 +210,7 @@ class UsageAttempt(_message.Message):
     def __init__(self, target: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("seq", "at_us", "request_id", "key_id", "team", "role", "level", "route", "target", "outcome", "reason", "detectors", "attempts", "prompt_tokens", "completion_tokens", "latency_ms", "cost_nanos", "policy_digest", "prompt")
+    __slots__ = ("seq", "at_us", "request_id", "key_id", "team", "role", "level", "route", "target", "outcome", "reason", "detectors", "attempts", "prompt_tokens", "completion_tokens", "latency_ms", "cost_nanos", "policy_digest", "prompt", "forwarded")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_US_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class UsageRecord(_message.Message):
     COST_NANOS_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_us: int
     request_id: str
@@ -249,7 +250,8 @@ class UsageRecord(_message.Message):
     cost_nanos: int
     policy_digest: str
     prompt: str
-    def __init__(self, seq: _Optional[int] = ..., at_us: _Optional[int] = ..., request_id: _Optional[str] = ..., key_id: _Optional[str] = ..., team: _Optional[str] = ..., role: _Optional[str] = ..., level: _Optional[str] = ..., route: _Optional[str] = ..., target: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., attempts: _Optional[_Iterable[_Union[UsageAttempt, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., cost_nanos: _Optional[int] = ..., policy_digest: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+    forwarded: bool
+    def __init__(self, seq: _Optional[int] = ..., at_us: _Optional[int] = ..., request_id: _Optional[str] = ..., key_id: _Optional[str] = ..., team: _Optional[str] = ..., role: _Optional[str] = ..., level: _Optional[str] = ..., route: _Optional[str] = ..., target: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., detectors: _Optional[_Iterable[str]] = ..., attempts: _Optional[_Iterable[_Union[UsageAttempt, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., cost_nanos: _Optional[int] = ..., policy_digest: _Optional[str] = ..., prompt: _Optional[str] = ..., forwarded: bool = ...) -> None: ...
 
 class UsageBatch(_message.Message):
     __slots__ = ("records", "dropped")
