@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="name agents use to reach this host; repeatable (default localhost, 127.0.0.1)",
     )
     serve.add_argument("--insecure", action="store_true", help="plain-text gRPC (demo only)")
+    serve.add_argument(
+        "--insecure-cookies",
+        action="store_true",
+        help="console cookies without Secure, for plain HTTP by another name than localhost",
+    )
     serve.add_argument("--log-level", type=log_level, help="DEBUG, INFO, WARNING or ERROR")
 
     tokens = commands.add_parser("tokens", help="join tokens").add_subparsers(
@@ -186,6 +191,8 @@ def build_settings(args: argparse.Namespace) -> ControlPlaneSettings:
         "log_level": args.log_level,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.insecure_cookies:
+        settings = replace(settings, console=replace(settings.console, secure_cookies=False))
     ports = [settings.http_port, settings.grpc_port, settings.mtls_port]
     taken = [p for p in ports if p != 0 and ports.count(p) > 1]
     if taken:

@@ -175,6 +175,7 @@ class ControlPlaneServer:
                 on_revoke=hub.cut,
                 join_token_ttl=settings.join_token_ttl,
                 gateway=gateway_parts.gateway,
+                console=settings.console,
             )
         )
         try:

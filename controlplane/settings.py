@@ -8,6 +8,20 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The web console's sessions and login limits."""
+
+    # Off only for plain-HTTP demos reached by another name than localhost/127.0.0.1
+    # (browsers treat those two as secure contexts and keep Secure cookies over HTTP there).
+    secure_cookies: bool = True
+    session_idle: timedelta = timedelta(minutes=30)  # a session unused this long ends
+    session_lifetime: timedelta = timedelta(hours=12)  # a login lasts at most this long
+    login_failures: int = 10  # per user name and per address, in `login_window`: then 429
+    login_window: timedelta = timedelta(minutes=5)
+    refresh_seconds: int = 5  # how often the fleet overview polls for fresh rows
+
+
+@dataclass(frozen=True)
 class ControlPlaneSettings:
     data_dir: Path
     database_url: str | None = None  # None: SQLite file in data_dir
@@ -30,6 +44,7 @@ class ControlPlaneSettings:
     compaction_interval_s: float = 600.0  # rolls raw telemetry up and applies retention
     liveness_grace: timedelta = timedelta(seconds=60)  # silence before "unreachable"
     liveness_restart_grace: timedelta = timedelta(seconds=120)  # after this process starts
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def effective_database_url(self) -> str:

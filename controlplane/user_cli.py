@@ -52,9 +52,7 @@ def _show_password(answer: dict[str, Any], what: str) -> None:
         print(what, file=sys.stderr)
 
 
-def run_user_command(
-    client: Client, args: argparse.Namespace, stdin: TextIO | None = None
-) -> None:
+def run_user_command(client: Client, args: argparse.Namespace, stdin: TextIO | None = None) -> None:
     if args.action == "list":
         users = client.call("GET", "/users")["users"]
         if args.json:

@@ -29,8 +29,10 @@ from controlplane.api.telemetry import telemetry_routes
 from controlplane.api.tokens import token_routes
 from controlplane.api.usage import usage_routes
 from controlplane.api.users import user_routes
+from controlplane.console.app import console_router
 from controlplane.fleet_metrics import prometheus
 from controlplane.services import ControlPlaneServices
+from controlplane.settings import ConsoleSettings
 
 API_PREFIX = "/api/v1"
 DEFAULT_JOIN_TOKEN_TTL = timedelta(hours=24)
@@ -69,11 +71,13 @@ def create_app(
     on_revoke: Callable[[str], None] | None = None,
     join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL,
     gateway: InferenceFront | None = None,
+    console: ConsoleSettings | None = None,
 ) -> Litestar:
     """The REST API over `services`.
 
     `on_revoke(agent_id)` runs on the event loop after an agent is revoked, so the gRPC side
     can cut its stream. `join_token_ttl` is the lifetime of a token created without one.
+    The web console is served at `/` with `console` settings (defaults when None).
     """
     handlers: list[Any] = [
         *agent_routes(services, on_revoke),
@@ -95,6 +99,7 @@ def create_app(
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
     )
     root: list[Any] = [healthz, metrics_route(partial(prometheus, services)), api]
+    root.append(console_router(services, console or ConsoleSettings()))
     if gateway is not None:  # OpenAI's API at /v1, its errors in OpenAI's form
         root.append(
             Router(

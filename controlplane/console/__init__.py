@@ -1,0 +1,1 @@
+"""The fleet console: server-rendered pages over the control plane's services."""

@@ -1,0 +1,58 @@
+"""What the console tests share: a control plane with a console user of each role, agents."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from agent.control.identity import build_csr, generate_key
+from controlplane.services import ControlPlaneServices
+from controlplane.settings import ConsoleSettings
+from tests.controlplane_harness import RunningControlPlane, controlplane_settings
+from tests.integration.test_control_plane_bad_input import enroll
+
+PASSWORD = "a long test password"
+USERS = {"ada": "admin", "otto": "operator", "vera": "viewer"}
+BAD_POLICY = """\
+version: 1
+roles:
+  dev: {max_level: internal, targets: [here]}
+targets:
+  here: {type: local, model: smol}
+routes:
+  - {name: all, targets: [nowhere]}
+"""
+GOOD_POLICY = BAD_POLICY.replace("[nowhere]", "[here]")
+
+
+def console_control_plane(data_dir: Path, **console: object) -> RunningControlPlane:
+    """A control plane (not started) whose console settings are the defaults but `console`."""
+    settings = controlplane_settings(
+        data_dir,
+        None,
+        console=ConsoleSettings(**console),  # type: ignore[arg-type]
+    )
+    return RunningControlPlane(settings)
+
+
+def services_of(cp: RunningControlPlane) -> ControlPlaneServices:
+    assert cp.server.services is not None
+    return cp.server.services
+
+
+def add_users(cp: RunningControlPlane) -> None:
+    for name, role in USERS.items():
+        services_of(cp).users.create(name, role, PASSWORD, actor="test")
+
+
+def enroll_agent(cp: RunningControlPlane, name: str, site: str = "") -> str:
+    """Enrolls an agent through the real enrollment service; answers its id."""
+    agent_id = str(uuid.uuid4())
+    token = cp.create_token(site=site) if site else cp.create_token()
+    enroll(cp, token, build_csr(generate_key(), agent_id), name=name)
+    return agent_id
+
+
+def live_version(cp: RunningControlPlane) -> int | None:
+    live = services_of(cp).policies.live()
+    return live.version if live is not None else None
