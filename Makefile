@@ -36,10 +36,12 @@ protos: setup
 protos-check: setup
 	$(PY) protos/generate.py --check
 
-# The tests start their own throwaway PostgreSQL server from Debian's binaries (no service).
+# The tests start their own throwaway PostgreSQL server from Debian's binaries (no service),
+# and drive Debian's chromium for the console's browser tests (Playwright, no browser download).
 pytest: setup
 	$(VENV)/bin/outpost-agent demo-model >/dev/null
 	test -d /usr/lib/postgresql || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint protos-check pytest

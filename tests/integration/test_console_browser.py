@@ -1,0 +1,149 @@
+"""The console in a real browser (headless Chromium): log in, watch the fleet, edit, publish and
+explain a policy, a viewer refused; screenshots of the main pages under test-artifacts/console."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser import CHROMIUM, chromium, screenshot_path
+from tests.console_fleet import (
+    BAD_POLICY,
+    GOOD_POLICY,
+    PASSWORD,
+    add_users,
+    console_control_plane,
+    enroll_agent,
+    live_version,
+)
+from tests.controlplane_harness import RunningControlPlane
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK) and shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (make pytest installs it)",
+)
+SCRIPT_NAME = "<script>window.pwned = 1</script>"
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
+    data_dir = tmp_path_factory.mktemp("console-browser")
+    with console_control_plane(data_dir, login_failures=1000, refresh_seconds=1) as running:
+        add_users(running)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser, cp: RunningControlPlane) -> Iterator[Page]:
+    context = browser.new_context(
+        base_url=f"http://127.0.0.1:{cp.ports.http}", viewport={"width": 1366, "height": 800}
+    )
+    context.set_default_timeout(WAIT_MS)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login$"))  # logged out: sent to the login page
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_login_refuses_a_wrong_password_then_lets_the_user_in(page: Page) -> None:
+    log_in(page, "ada", "not the password at all")
+    expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
+    screenshot = screenshot_path("login")
+    page.screenshot(path=screenshot)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    expect(page.locator("header .who")).to_have_text("ada (admin)")
+    assert screenshot.stat().st_size > 0
+
+
+def test_the_overview_shows_agents_escaped_and_refreshes_itself(
+    page: Page, cp: RunningControlPlane
+) -> None:
+    enroll_agent(cp, SCRIPT_NAME, site="branch-1")
+    log_in(page, "otto")
+    row = page.locator("tr.agent", has_text=SCRIPT_NAME)
+    expect(row).to_be_visible()  # the name shown as text, never run as script
+    expect(row.locator(".state")).to_have_text("ready")
+    expect(page.get_by_role("heading", name="branch-1")).to_be_visible()
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    newcomer = enroll_agent(cp, "late-arrival", site="branch-2")
+    # No reload: console.js polls the fragment and the new agent appears.
+    expect(page.locator(f'tr.agent[data-agent-id="{newcomer}"]')).to_contain_text("late-arrival")
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    page.screenshot(path=screenshot_path("fleet"), full_page=True)
+    page.get_by_role("link", name="late-arrival").click()
+    expect(page.get_by_role("heading", name="late-arrival")).to_be_visible()
+    expect(page.get_by_text(newcomer).first).to_be_visible()
+    page.screenshot(path=screenshot_path("agent"), full_page=True)
+
+
+def test_an_admin_fixes_a_policy_publishes_it_and_explains_a_prompt(
+    page: Page, cp: RunningControlPlane
+) -> None:
+    log_in(page, "ada")
+    page.get_by_role("link", name="Routing policy").click()
+    editor = page.get_by_label("Policy document")
+    editor.fill(BAD_POLICY)
+    page.get_by_role("button", name="Publish").click()
+    problems = page.locator("#policy-problems")
+    expect(problems).to_contain_text("line 7, column 27")
+    expect(problems).to_contain_text("unknown target 'nowhere'")
+    assert live_version(cp) is None
+    expect(page.get_by_label("Policy document")).to_have_value(BAD_POLICY)  # the draft is kept
+    page.get_by_label("Policy document").fill(GOOD_POLICY)
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator("#policy-notice")).to_contain_text("Published as version 1")
+    expect(page.locator("#live-version")).to_contain_text("Live: version 1")
+    assert live_version(cp) == 1
+    page.get_by_label("Prompt").fill("Summarise the meeting notes")
+    page.get_by_label("Role").fill("dev")
+    page.get_by_role("button", name="Explain").click()
+    explanation = page.locator("#explanation")
+    expect(explanation).to_contain_text("route:    all")
+    expect(explanation).to_contain_text("targets:  here")
+    page.screenshot(path=screenshot_path("policy"), full_page=True)
+
+
+def test_a_viewer_is_refused_publishing(page: Page, cp: RunningControlPlane) -> None:
+    before = live_version(cp)
+    log_in(page, "vera")
+    page.goto("/console/policy")
+    expect(page.get_by_text("Only administrators may publish.")).to_be_visible()
+    expect(page.get_by_role("button", name="Publish")).to_have_count(0)
+    token = page.locator('input[name="csrf_token"]').first.get_attribute("value")
+    assert token
+    # The same form post the button would send, with the viewer's session and token.
+    response = page.request.post(
+        "/console/policy/edit",
+        form={"csrf_token": token, "action": "publish", "document": "version: 1\n"},
+    )
+    assert response.status == 403
+    assert "Only administrators" in response.text()
+    assert live_version(cp) == before
+    page.goto("/console/usage")
+    expect(page.get_by_role("heading", name="Usage this month")).to_be_visible()
+    page.screenshot(path=screenshot_path("usage"), full_page=True)
+    page.emulate_media(color_scheme="dark")  # the same page, readable in dark mode
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert page.evaluate(background) == "rgb(20, 23, 28)"
+    page.screenshot(path=screenshot_path("usage-dark"), full_page=True)
