@@ -156,7 +156,19 @@ def main() -> int:
             },
             timeout=120,
         ).json()
+        # A console login: created on the first run, given a new password on later ones.
+        console_user = httpx.post(
+            f"{api}/users", json={"name": "demo-admin", "role": "admin"}, headers=headers
+        )
+        if console_user.status_code == 409:
+            console_user = httpx.put(f"{api}/users/demo-admin/password", json={}, headers=headers)
+        console_user.raise_for_status()
+        console_password = console_user.json()["password"]
         print(f"\nuser> {question}\nsmol> {reply['choices'][0]['message']['content'].strip()}\n")
+        print(
+            f"Console:            http://127.0.0.1:{CP_HTTP}/  (user demo-admin, password "
+            f"{console_password}; more users: {BIN / 'outpost'} users create NAME --role viewer)"
+        )
         print(f"Control plane API:  {api}  (OpenAPI: {api}/schema/openapi.json)")
         print(f"Admin API key:      {cp_dir / 'admin-api-key'}")
         print(
