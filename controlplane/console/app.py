@@ -10,6 +10,7 @@ from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.login_limits import LoginLimiter
 from controlplane.console.login_routes import login_routes
+from controlplane.console.model_pages import model_routes
 from controlplane.console.policy_pages import policy_routes
 from controlplane.console.rendering import STATIC_DIR, STATIC_PATH, Renderer
 from controlplane.console.sessions import ConsoleSessions
@@ -31,6 +32,7 @@ def console_router(services: ControlPlaneServices, settings: ConsoleSettings) ->
     handlers = [
         *login_routes(services.users, gate, limiter, services.audit, renderer),
         *fleet_routes(services, gate, renderer, settings),
+        *model_routes(services, gate, renderer),
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),

@@ -20,8 +20,10 @@ from tests.console_fleet import (
     console_control_plane,
     enroll_agent,
     live_version,
+    services_of,
 )
 from tests.controlplane_harness import RunningControlPlane
+from tests.unit.test_gguf_info import write_gguf
 
 pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK) and shutil.which("chromium") is None,
@@ -36,6 +38,8 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane
     data_dir = tmp_path_factory.mktemp("console-browser")
     with console_control_plane(data_dir, login_failures=1000, refresh_seconds=1) as running:
         add_users(running)
+        model = write_gguf(data_dir / "tiny.gguf")
+        services_of(running).models.import_file(model, name="tiny", actor="test")
         yield running
 
 
@@ -147,3 +151,22 @@ def test_a_viewer_is_refused_publishing(page: Page, cp: RunningControlPlane) -> 
     background = "getComputedStyle(document.body).backgroundColor"
     assert page.evaluate(background) == "rgb(20, 23, 28)"
     page.screenshot(path=screenshot_path("usage-dark"), full_page=True)
+
+
+def test_an_operator_assigns_a_model_and_watches_its_rollout(
+    page: Page, cp: RunningControlPlane
+) -> None:
+    enroll_agent(cp, "press-line", site="plant-9")
+    log_in(page, "otto")
+    page.get_by_role("link", name="Models").click()
+    expect(page.locator("tr.registry-model")).to_contain_text("tiny@")
+    page.get_by_label("Model", exact=True).fill("tiny")
+    page.get_by_label("Target kind").select_option("site")
+    page.get_by_label("Target", exact=True).fill("plant-9")
+    page.get_by_label("Alias").fill("smol")
+    page.get_by_role("button", name="Assign").click()
+    expect(page.locator("tr.assignment")).to_contain_text("site: plant-9")
+    rollout = page.locator("tr.rollout", has_text="press-line")
+    expect(rollout).to_contain_text("pending")  # the agent has not connected to fetch it
+    page.screenshot(path=screenshot_path("models"), full_page=True)
+    assert [a.target for a in services_of(cp).assignments.list()] == ["plant-9"]

@@ -1,0 +1,139 @@
+"""The console's models page: operators assign and unassign, viewers are refused, bad forms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlmodel import select
+
+from controlplane.db.models import AuditEvent
+from tests.console_client import ConsoleClient
+from tests.console_fleet import (
+    PASSWORD,
+    add_users,
+    console_control_plane,
+    enroll_agent,
+    services_of,
+)
+from tests.controlplane_harness import RunningControlPlane
+from tests.unit.test_gguf_info import write_gguf
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
+    data_dir = tmp_path_factory.mktemp("console-models")
+    with console_control_plane(data_dir, login_failures=1000) as running:
+        add_users(running)
+        model = write_gguf(data_dir / "tiny.gguf")
+        services_of(running).models.import_file(model, name="tiny", actor="test")
+        enroll_agent(running, "shop-floor", site="plant-3")
+        yield running
+
+
+def logged_in(cp: RunningControlPlane, name: str) -> ConsoleClient:
+    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
+    assert user.login(name, PASSWORD).status_code == 303
+    return user
+
+
+@pytest.fixture
+def operator(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
+    user = logged_in(cp, "otto")
+    yield user
+    user.close()
+
+
+def assigned(cp: RunningControlPlane) -> list[tuple[str, str, str]]:
+    return [(a.model.name, a.target, a.alias) for a in services_of(cp).assignments.list()]
+
+
+def assign_form(user: ConsoleClient, **fields: str) -> dict[str, str]:
+    base = {"model": "tiny", "kind": "site", "target": "plant-3", "alias": "", "context": ""}
+    return {**base, **fields, "csrf_token": user.page_token("/console/models")}
+
+
+def test_an_operator_assigns_a_model_to_a_site_and_sees_it_roll_out(
+    cp: RunningControlPlane, operator: ConsoleClient
+) -> None:
+    page = operator.get("/console/models")
+    assert "tiny@" in page.text
+    response = operator.post("/console/models/assign", assign_form(operator, alias="smol"))
+    assert response.status_code == 303
+    assert assigned(cp) == [("tiny", "plant-3", "smol")]
+    page = operator.get("/console/models")
+    assert 'class="rollout"' in page.text
+    assert "shop-floor" in page.text
+    assert "pending" in page.text
+    assignment_id = str(services_of(cp).assignments.list()[0].id)
+    token = operator.page_token("/console/models")
+    removed = operator.post(
+        "/console/models/unassign", {"csrf_token": token, "assignment_id": assignment_id}
+    )
+    assert removed.status_code == 303
+    assert assigned(cp) == []
+
+
+def test_a_viewer_may_look_but_not_assign(cp: RunningControlPlane) -> None:
+    viewer = logged_in(cp, "vera")
+    page = viewer.get("/console/models")
+    assert page.status_code == 200
+    assert "Only operators and administrators may assign" in page.text
+    response = viewer.post("/console/models/assign", assign_form(viewer))
+    assert response.status_code == 403
+    assert assigned(cp) == []
+    with services_of(cp).db.session() as session:
+        denied = session.exec(
+            select(AuditEvent).where(AuditEvent.actor == "vera", AuditEvent.outcome == "denied")
+        ).all()
+    assert [event.action for event in denied] == ["model.assign"]
+    viewer.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "message"),
+    [
+        ({"model": "missing-model"}, 404, "missing-model"),
+        ({"kind": "planet"}, 400, "The target kind must be one of"),
+        ({"target": ""}, 400, "The target is required"),
+        ({"kind": "selector", "target": "no-equals-sign"}, 400, "key=value"),
+        ({"kind": "agent", "target": "not-a-uuid"}, 400, "UUID"),
+        ({"context": "abc"}, 400, "context length must be a number"),
+        ({"context": "99999999"}, 400, "context length must be a number"),
+        ({"alias": "<script>alert(1)</script>"}, 400, "&lt;script&gt;"),
+    ],
+)
+def test_bad_assignments_are_refused_with_a_reason(
+    cp: RunningControlPlane,
+    operator: ConsoleClient,
+    fields: dict[str, str],
+    status: int,
+    message: str,
+) -> None:
+    response = operator.post("/console/models/assign", assign_form(operator, **fields))
+    assert response.status_code == status
+    assert message in response.text
+    assert "<script>alert(1)</script>" not in response.text
+    assert assigned(cp) == []
+
+
+def test_unassign_needs_a_number(cp: RunningControlPlane, operator: ConsoleClient) -> None:
+    token = operator.page_token("/console/models")
+    for value in ("", "x1", "-3"):
+        response = operator.post(
+            "/console/models/unassign", {"csrf_token": token, "assignment_id": value}
+        )
+        assert response.status_code == 400
+    missing = operator.post(
+        "/console/models/unassign", {"csrf_token": token, "assignment_id": "999999"}
+    )
+    assert missing.status_code == 404
+
+
+def test_the_registry_lists_what_was_imported(cp: RunningControlPlane) -> None:
+    viewer = logged_in(cp, "vera")
+    page = viewer.get("/console/models")
+    (model,) = services_of(cp).models.list()
+    assert page.text.count('class="registry-model"') == 1
+    assert f"{model.sha256[:12]}…" in page.text
+    viewer.close()
