@@ -32,7 +32,7 @@ def console_router(services: ControlPlaneServices, settings: ConsoleSettings) ->
     handlers = [
         *login_routes(services.users, gate, limiter, services.audit, renderer),
         *fleet_routes(services, gate, renderer, settings),
-        *model_routes(services, gate, renderer),
+        *model_routes(services, gate, renderer, settings),
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),

@@ -52,6 +52,18 @@ def fleet_routes(
     ) -> Response[Any]:
         login = await gate.login(request)
         detail = await asyncio.to_thread(agent_detail, services, agent_id)
-        return renderer.page("agent.html", login=login, detail=detail)
+        return renderer.page(
+            "agent.html", login=login, detail=detail, refresh_seconds=settings.refresh_seconds
+        )
 
-    return [overview, overview_fragment, agent_page]
+    @get("/console/agents/{agent_id:str}/live", include_in_schema=False)
+    async def agent_fragment(
+        request: Request[Any, Any, Any],
+        agent_id: str = Parameter(max_length=MAX_AGENT_ID_CHARS),
+    ) -> Response[Any]:
+        """The agent page's models, rollout and telemetry, polled by console.js."""
+        await gate.login(request)
+        detail = await asyncio.to_thread(agent_detail, services, agent_id)
+        return renderer.page("agent_live.html", detail=detail)
+
+    return [overview, overview_fragment, agent_page, agent_fragment]

@@ -19,8 +19,10 @@ from controlplane.model_assignments import TARGET_KINDS, AssignmentView, Serving
 from controlplane.model_registry import RegisteredModelView
 from controlplane.rollouts import RolloutRow, rollout_status
 from controlplane.services import ControlPlaneServices
+from controlplane.settings import ConsoleSettings
 
 MODELS_PATH = "/console/models"
+ROLLOUTS_PATH = f"{MODELS_PATH}/rollouts"
 MAX_FORM_BYTES = 16 * 1024
 MAX_REF_CHARS = 200
 MAX_TARGET_CHARS = 1000
@@ -60,7 +62,10 @@ def _context_length(text: str) -> int:
 
 
 def model_routes(
-    services: ControlPlaneServices, gate: ConsoleGate, renderer: Renderer
+    services: ControlPlaneServices,
+    gate: ConsoleGate,
+    renderer: Renderer,
+    settings: ConsoleSettings,
 ) -> list[Any]:
     assignments = services.assignments
 
@@ -80,6 +85,8 @@ def model_routes(
             can_assign=login.principal.role.can_change(),
             target_kinds=TARGET_KINDS,
             progress=progress,
+            rollouts_path=ROLLOUTS_PATH,
+            refresh_seconds=settings.refresh_seconds,
             error=error,
             form=form or {"model": "", "kind": "site", "target": "", "alias": "", "context": ""},
         )
@@ -87,6 +94,13 @@ def model_routes(
     @get(MODELS_PATH, include_in_schema=False)
     async def show_models(request: Request[Any, Any, Any]) -> Response[Any]:
         return await page(await gate.login(request))
+
+    @get(ROLLOUTS_PATH, include_in_schema=False)
+    async def rollouts_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
+        """The rollouts table alone, polled by console.js while the page is open."""
+        await gate.login(request)
+        view = await asyncio.to_thread(models_view, services)
+        return renderer.page("rollouts_table.html", view=view, progress=progress)
 
     @post(f"{MODELS_PATH}/assign", include_in_schema=False, request_max_body_size=MAX_FORM_BYTES)
     async def assign_model(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -133,4 +147,4 @@ def model_routes(
         await asyncio.to_thread(lambda: assignments.unassign(int(text), actor=login.principal.name))
         return redirect(MODELS_PATH)
 
-    return [show_models, assign_model, unassign_model]
+    return [show_models, rollouts_fragment, assign_model, unassign_model]

@@ -7,10 +7,12 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from common.control import AgentStatus, ItemState, ItemStatus
 from tests.browser import CHROMIUM, chromium, screenshot_path
 from tests.console_fleet import (
     BAD_POLICY,
@@ -153,10 +155,17 @@ def test_a_viewer_is_refused_publishing(page: Page, cp: RunningControlPlane) -> 
     page.screenshot(path=screenshot_path("usage-dark"), full_page=True)
 
 
+def report(cp: RunningControlPlane, agent_id: str, state: ItemState, **progress: Any) -> None:
+    """What the agent would report about the model aliased "smol" (it never connects here)."""
+    (model,) = services_of(cp).models.list()
+    item = ItemStatus("model", "smol", state, sha256=model.sha256, **progress)
+    services_of(cp).fleet.record_status(agent_id, AgentStatus(1, (item,)))
+
+
 def test_an_operator_assigns_a_model_and_watches_its_rollout(
     page: Page, cp: RunningControlPlane
 ) -> None:
-    enroll_agent(cp, "press-line", site="plant-9")
+    agent_id = enroll_agent(cp, "press-line", site="plant-9")
     log_in(page, "otto")
     page.get_by_role("link", name="Models").click()
     expect(page.locator("tr.registry-model")).to_contain_text("tiny@")
@@ -166,7 +175,18 @@ def test_an_operator_assigns_a_model_and_watches_its_rollout(
     page.get_by_label("Alias").fill("smol")
     page.get_by_role("button", name="Assign").click()
     expect(page.locator("tr.assignment")).to_contain_text("site: plant-9")
-    rollout = page.locator("tr.rollout", has_text="press-line")
-    expect(rollout).to_contain_text("pending")  # the agent has not connected to fetch it
-    page.screenshot(path=screenshot_path("models"), full_page=True)
     assert [a.target for a in services_of(cp).assignments.list()] == ["plant-9"]
+    rollout = page.locator("tr.rollout", has_text="press-line")
+    expect(rollout).to_contain_text("pending")  # nothing reported yet
+    # The page follows the agent's reports without a reload.
+    report(cp, agent_id, ItemState.DOWNLOADING, bytes_done=500, bytes_total=1000)
+    expect(rollout).to_contain_text("downloading")
+    expect(rollout).to_contain_text("50 %")
+    report(cp, agent_id, ItemState.READY)
+    expect(rollout).to_contain_text("ready")
+    page.screenshot(path=screenshot_path("models"), full_page=True)
+    rollout.get_by_role("link", name="press-line").click()
+    live = page.locator("#agent-live")
+    expect(live).to_contain_text("ready")
+    report(cp, agent_id, ItemState.FAILED, error="not enough memory for <smol>")
+    expect(live).to_contain_text("not enough memory for <smol>")
