@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.static_files import create_static_files_router
 
+from controlplane.console.admin_pages import admin_routes
 from controlplane.console.errors import exception_handlers
 from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
@@ -35,6 +36,7 @@ def console_router(services: ControlPlaneServices, settings: ConsoleSettings) ->
         *model_routes(services, gate, renderer, settings),
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
+        *admin_routes(services, gate, renderer),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),
     ]
     return Router(

@@ -190,3 +190,23 @@ def test_an_operator_assigns_a_model_and_watches_its_rollout(
     expect(live).to_contain_text("ready")
     report(cp, agent_id, ItemState.FAILED, error="not enough memory for <smol>")
     expect(live).to_contain_text("not enough memory for <smol>")
+
+
+def test_an_admin_adds_a_user_and_reads_the_audit_log(page: Page) -> None:
+    log_in(page, "ada")
+    page.get_by_role("link", name="Users").click()
+    page.get_by_label("User name").fill("auditor")
+    page.get_by_label("Role").select_option("analyst")
+    page.get_by_role("button", name="Create").click()
+    expect(page.locator("#users-notice")).to_contain_text("shown only this once")
+    password = page.locator("#new-password").inner_text()
+    assert len(password) >= 20
+    expect(page.locator("tr.user", has_text="auditor")).to_contain_text("analyst")
+    page.screenshot(path=screenshot_path("users"), full_page=True)
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.locator("tr.audit-event").first).to_contain_text("user.create")
+    page.screenshot(path=screenshot_path("audit"), full_page=True)
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, "auditor", password)
+    expect(page.locator("header .who")).to_have_text("auditor (analyst)")
+    expect(page.get_by_role("link", name="Users")).to_have_count(0)
