@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.alert_event_buffer import AlertEventBuffer
 from agent.artifacts.blobs import StoreBlobs
 from agent.artifacts.download import Downloader
 from agent.artifacts.store import ArtifactStore
@@ -29,9 +30,10 @@ from agent.telemetry.agent_metrics import AgentMetrics
 from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.uplink import SequencedUplink
 from agent.usage_buffer import UsageBuffer, month_start
-from agent.usage_recorder import UsageRecorder
+from agent.usage_recorder import AlertEventRecorder, UsageRecorder
 from common.artifact_servicer import ArtifactServicer, add_artifact_service
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.alert_notify import AlertEvent
 from common.policy.budgets import SettledUsage
 from common.policy.forwarding import ServingAgent
 from common.policy.ledger_record import LedgerRecord
@@ -77,6 +79,11 @@ class ManagedAgent:
             self.usage, batch_items=USAGE_BATCH_RECORDS, max_bytes=USAGE_BATCH_BYTES
         )
         self._usage_recorder = UsageRecorder(self.usage, self._usage_uplink.ready.set)
+        self.alert_events = AlertEventBuffer(state_dir)  # firings and clearings, until acked
+        self._alert_uplink = SequencedUplink(self.alert_events, batch_items=USAGE_BATCH_RECORDS)
+        self._alert_recorder = AlertEventRecorder(
+            self.alert_events, self._alert_uplink.ready.set, what="alert events"
+        )
         self.link = ControlLink(
             link,
             self._identities,
@@ -85,6 +92,7 @@ class ManagedAgent:
             self._hello,
             telemetry=self._uplink,
             usage=self._usage_uplink,
+            alert_events=self._alert_uplink,
         )
         self.link.peer_address = peer_address
         self._inference_address = inference_address
@@ -114,6 +122,11 @@ class ManagedAgent:
         never blocking) until the control plane acknowledges it; rows made while the control
         plane is unreachable are sent when it is back."""
         self._usage_recorder.record(record)
+
+    def record_alert_event(self, event: AlertEvent) -> None:
+        """RequestAlerts' `record`: keeps each firing and clearing on disk (written in the
+        background, never blocking) until the control plane acknowledges it."""
+        self._alert_recorder.record(event)
 
     def settled_usage(self) -> list[SettledUsage]:
         """The requests settled this UTC month, from the usage buffer (acked or not): what a
@@ -149,7 +162,10 @@ class ManagedAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         sampler = asyncio.create_task(self._sample(stop))
-        recorder = asyncio.create_task(self._usage_recorder.run(stop))
+        recorders = [
+            asyncio.create_task(self._usage_recorder.run(stop)),
+            asyncio.create_task(self._alert_recorder.run(stop)),
+        ]
         try:
             enrolled = await asyncio.to_thread(self._identities.load) is not None
             if not self._link_settings.control_plane and not enrolled:
@@ -164,13 +180,15 @@ class ManagedAgent:
                 await self.link.run(identity, stop)
         finally:
             sampler.cancel()
-            if not stop.is_set():  # failed: the recorder stops too (and writes its queue)
-                recorder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recorder
+            for recorder in recorders:
+                if not stop.is_set():  # failed: the recorders stop too (and write their queue)
+                    recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recorder
             self.rollout.close()
             self.telemetry.close()
             self.usage.close()
+            self.alert_events.close()
 
     async def _sample(self, stop: asyncio.Event) -> None:
         """Collects telemetry into the disk buffer, connected or not (it is replayed later)."""

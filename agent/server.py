@@ -20,7 +20,7 @@ from agent.request_validation import RequestLimits
 from agent.settings import AgentSettings
 from agent.telemetry.agent_metrics import AgentMetrics
 from common.embedded_http import bind_listener, embedded_server
-from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
+from common.policy.alert_notify import AlertEvent, LogNotifier, Notifiers, WebhookNotifier
 from common.policy.budgets import SettledUsage
 from common.policy.cloud_client import CloudClient
 from common.policy.forwarding import ServingAgent
@@ -75,6 +75,10 @@ class PolicySource(Protocol):
         """The ledger sink: once per routed request, on the event loop; never blocks."""
         ...
 
+    def record_alert_event(self, event: AlertEvent) -> None:
+        """Each alert firing and clearing, from the evaluating thread; never blocks."""
+        ...
+
     def settled_usage(self) -> list[SettledUsage]:
         """Requests settled earlier this UTC month (before a restart), for the budgets."""
         ...
@@ -112,7 +116,9 @@ class AgentServer:
                 policy.authenticate,
                 self._cloud,
                 budgets,
-                alerts=RequestAlerts(Notifiers(LogNotifier(), self._webhooks)),
+                alerts=RequestAlerts(
+                    Notifiers(LogNotifier(), self._webhooks), record=policy.record_alert_event
+                ),
                 ledger=policy.record_usage,
                 site_agents=policy.find_site_agents,
             )

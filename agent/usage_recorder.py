@@ -1,4 +1,4 @@
-"""The policy gate's ledger sink: rows queued in memory, written to the usage buffer in bulk."""
+"""Sinks that never block: ledger rows and alert events queued, written to their buffer in bulk."""
 
 from __future__ import annotations
 
@@ -7,41 +7,45 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from agent.telemetry.sequenced_buffer import SequencedBufferError
-from agent.usage_buffer import UsageBuffer
+from agent.telemetry.sequenced_buffer import SequencedBuffer, SequencedBufferError
+from common.policy.alert_notify import AlertEvent
 from common.policy.ledger_record import LedgerRecord
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 10_000  # rows waiting for the disk; beyond, the oldest are dropped and counted
+MAX_QUEUED = 10_000  # items waiting for the disk; beyond, the oldest are dropped and counted
+_T = TypeVar("_T")
 
 
-class UsageRecorder:
+class BufferRecorder(Generic[_T]):
     """`record` never blocks (the gate calls it on the event loop for every routed request): it
-    queues the row; `run` writes what is queued in one transaction at a time, on a worker
-    thread, then calls `written` (the uplink's wake-up). A row that arrives while nothing runs
-    waits for the next `run` or `flush`."""
+    queues the item; `run` writes what is queued in one transaction at a time, on a worker
+    thread, then calls `written` (the uplink's wake-up). An item that arrives while nothing runs
+    waits for the next `run` or `flush`. `what` names the items in log messages."""
 
     def __init__(
         self,
-        buffer: UsageBuffer,
+        buffer: SequencedBuffer[_T],
         written: Callable[[], None] = lambda: None,
         *,
         max_queued: int = MAX_QUEUED,
+        what: str = "usage-ledger rows",
     ) -> None:
         self._buffer = buffer
         self._written = written
         self._max_queued = max_queued
-        self._queue: deque[LedgerRecord] = deque()
+        self._what = what
+        self._queue: deque[_T] = deque()
         self._lost = 0  # rows dropped from a full queue, reported with the next write
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def record(self, record: LedgerRecord) -> None:
-        """Queues one ledger row; any thread."""
+    def record(self, record: _T) -> None:
+        """Queues one item; any thread."""
         with self._lock:
             if len(self._queue) >= self._max_queued:
                 self._queue.popleft()
@@ -52,7 +56,7 @@ class UsageRecorder:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Writes queued rows until `stop` is set (or the task is cancelled), then once more."""
+        """Writes queued items until `stop` is set (or the task is cancelled), then once more."""
         self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
@@ -71,7 +75,7 @@ class UsageRecorder:
             self.flush()  # on the loop: it is shutting down, and a cancelled task cannot wait
 
     def flush(self) -> int:
-        """Writes what is queued now; returns the rows written. A buffer that fails loses
+        """Writes what is queued now; returns the items written. A buffer that fails loses
         them (logged): the agent keeps serving."""
         with self._flushing:  # one writer at a time keeps the rows in order
             with self._lock:
@@ -82,6 +86,10 @@ class UsageRecorder:
             try:
                 self._buffer.append_many(rows, also_dropped=lost)
             except SequencedBufferError as error:
-                log.error("lost %d usage-ledger rows: %s", len(rows), error)
+                log.error("lost %d %s: %s", len(rows), self._what, error)
                 return 0
             return len(rows)
+
+
+UsageRecorder = BufferRecorder[LedgerRecord]  # the policy gate's ledger sink
+AlertEventRecorder = BufferRecorder[AlertEvent]  # RequestAlerts' `record`

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
+from common.alert_batch import AlertEventBatch, SequencedAlertEvent
 from common.artifacts import ArtifactManifest
 from common.control import (
     AdapterAssignment,
@@ -34,6 +35,7 @@ from common.inference import (
     Usage,
 )
 from common.inference_key_grants import MAX_INFERENCE_KEYS
+from common.policy.alert_notify import AlertEvent
 from common.policy.ledger_record import AttemptSummary, LedgerRecord
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from common.usage_batch import SequencedRecord, UsageBatch
@@ -513,3 +515,54 @@ def usage_batch_from_pb(message: cpb.UsageBatch) -> UsageBatch:
         )
         records.append(SequencedRecord(seq=item.seq, record=record))
     return UsageBatch(records=tuple(records), dropped=message.dropped)
+
+
+# --- alert events -----------------------------------------------------------------------
+
+
+def alert_event_batch_to_pb(batch: AlertEventBatch) -> cpb.AlertEventBatch:
+    return cpb.AlertEventBatch(
+        events=[
+            cpb.AlertEventRecord(
+                seq=item.seq,
+                at_us=round(item.event.at * 1_000_000),
+                rule=item.event.rule,
+                metric=item.event.metric,
+                scope=item.event.scope,
+                key=item.event.key,
+                state=item.event.state,
+                value=item.event.value,
+                threshold=item.event.threshold,
+                op=item.event.op,
+                action=item.event.action,
+                reason=item.event.reason,
+            )
+            for item in batch.events
+        ],
+        dropped=batch.dropped,
+    )
+
+
+def alert_event_batch_from_pb(message: cpb.AlertEventBatch) -> AlertEventBatch:
+    """Values as sent (the control plane's store checks and clips them): `state` may be any
+    text here, though the type says firing or cleared."""
+    events = tuple(
+        SequencedAlertEvent(
+            seq=item.seq,
+            event=AlertEvent(
+                rule=item.rule,
+                metric=item.metric,
+                scope=item.scope,
+                key=item.key,
+                value=item.value,
+                threshold=item.threshold,
+                op=item.op,
+                action=item.action,
+                at=item.at_us / 1_000_000,
+                state=item.state,  # type: ignore[arg-type]
+                reason=item.reason,
+            ),
+        )
+        for item in message.events
+    )
+    return AlertEventBatch(events=events, dropped=message.dropped)

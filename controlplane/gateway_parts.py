@@ -7,13 +7,14 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from common.policy.alert_notify import LogNotifier, Notifiers, WebhookNotifier
+from common.policy.alert_notify import AlertEvent, LogNotifier, Notifiers, WebhookNotifier
 from common.policy.cloud_client import CloudClient
 from common.policy.gate import PolicyGate
+from common.policy.ledger_record import LedgerRecord
 from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
 from common.policy.routing import Caller, PolicyEngine
+from controlplane.background_writer import BackgroundWriter
 from controlplane.gateway import Gateway
-from controlplane.gateway_ledger import LedgerWriter
 from controlplane.gateway_state import GatewayState
 from controlplane.services import ControlPlaneServices
 
@@ -24,17 +25,27 @@ class GatewayParts:
     gateway: Gateway
     cloud: CloudClient
     webhooks: WebhookNotifier
-    ledger: LedgerWriter
+    ledger: BackgroundWriter[LedgerRecord]
+    alert_events: BackgroundWriter[AlertEvent]
 
     @classmethod
     def build(cls, services: ControlPlaneServices, environ: Mapping[str, str]) -> GatewayParts:
         """`environ` resolves cloud targets' `env:` key references. The gateway's ledger rows
-        are stored with the source "gateway"."""
+        and alert events are stored with the source "gateway"."""
         state = GatewayState(services)
         cloud = CloudClient(environ=environ)
         webhooks = WebhookNotifier()
-        ledger = LedgerWriter(services.usage.record)
-        alerts = RequestAlerts(Notifiers(LogNotifier(), webhooks))
+        ledger = BackgroundWriter(
+            services.usage.record,
+            name="gateway-ledger",
+            describe=lambda row: f"ledger row {row.request_id}",
+        )
+        alert_events = BackgroundWriter(
+            services.alert_events.record,
+            name="gateway-alert-events",
+            describe=lambda event: f"alert event {event.rule} {event.state}",
+        )
+        alerts = RequestAlerts(Notifiers(LogNotifier(), webhooks), record=alert_events.record)
 
         def gate_for(
             engine: Callable[[], PolicyEngine], authenticate: Callable[[str | None], Caller | None]
@@ -48,7 +59,7 @@ class GatewayParts:
                 local_targets_forwarded=True,  # served by forwarding to an agent
             )
 
-        return cls(state, Gateway(state, cloud, gate_for), cloud, webhooks, ledger)
+        return cls(state, Gateway(state, cloud, gate_for), cloud, webhooks, ledger, alert_events)
 
     async def evaluate_alerts(self, stop: asyncio.Event) -> None:
         """Measures the gateway's alert rules every few seconds until `stop`."""
@@ -62,3 +73,4 @@ class GatewayParts:
         await self.cloud.aclose()
         await asyncio.to_thread(self.webhooks.close)
         await asyncio.to_thread(self.ledger.close)
+        await asyncio.to_thread(self.alert_events.close)

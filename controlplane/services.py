@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from common.telemetry import Sample
+from controlplane.alert_event_store import AlertEventStore
 from controlplane.audit import AuditLog
 from controlplane.auth import ApiKeys
 from controlplane.db.database import Database
@@ -40,6 +41,7 @@ class ControlPlaneServices:
     policies: PolicyStore
     inference_keys: InferenceKeys
     usage: UsageStore
+    alert_events: AlertEventStore
     users: Users
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
@@ -89,6 +91,7 @@ class ControlPlaneServices:
             policies=PolicyStore(db, audit, desired, clock=clock),
             inference_keys=InferenceKeys(db, audit, desired, clock=clock),
             usage=UsageStore(db, clock=clock),
+            alert_events=AlertEventStore(db, clock=clock),
             users=Users(db, audit, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),

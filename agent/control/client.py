@@ -30,9 +30,12 @@ from agent.control.state_store import DesiredStateStore
 from agent.telemetry.buffer import telemetry_batch
 from agent.telemetry.sequenced_buffer import Pending
 from agent.telemetry.uplink import SequencedUplink
+from common.alert_batch import AlertEventBatch, SequencedAlertEvent
 from common.control import AgentStatus, DesiredState, Hello
+from common.policy.alert_notify import AlertEvent
 from common.policy.ledger_record import LedgerRecord
 from common.proto_convert import (
+    alert_event_batch_to_pb,
     desired_state_from_pb,
     enrollment_from_pb,
     hello_to_pb,
@@ -117,6 +120,7 @@ class ControlLink:
         backoff: Backoff | None = None,
         telemetry: SequencedUplink[Sample] | None = None,
         usage: SequencedUplink[LedgerRecord] | None = None,
+        alert_events: SequencedUplink[AlertEvent] | None = None,
     ) -> None:
         self._settings = settings
         self._identities = identities
@@ -126,6 +130,7 @@ class ControlLink:
         self._backoff = backoff or Backoff()
         self._telemetry = telemetry
         self._usage = usage
+        self._alert_events = alert_events
         self.observed_generation = 0
         self.connected = asyncio.Event()
         self.peer_address = ""  # this agent's own ArtifactService for peers, if it serves one
@@ -369,7 +374,7 @@ class ControlLink:
         async with self._channel(identity, port) as channel:
             stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=self._metadata(identity))
-            write_lock = asyncio.Lock()  # Status, telemetry and usage come from three tasks
+            write_lock = asyncio.Lock()  # Status, telemetry, usage, alerts: one task each
 
             async def send(message: cpb.AgentMessage) -> None:
                 async with write_lock:
@@ -383,6 +388,11 @@ class ControlLink:
                 records = tuple(SequencedRecord(seq, record) for seq, record in batch.items)
                 message = usage_batch_to_pb(UsageBatch(records, batch.dropped))
                 await send(cpb.AgentMessage(usage=message))
+
+            async def send_alert_events(batch: Pending[AlertEvent]) -> None:
+                events = tuple(SequencedAlertEvent(seq, event) for seq, event in batch.items)
+                message = alert_event_batch_to_pb(AlertEventBatch(events, batch.dropped))
+                await send(cpb.AgentMessage(alert_events=message))
 
             hello = self._hello(identity.agent_id, self.observed_generation)
             await send(cpb.AgentMessage(hello=hello_to_pb(hello)))
@@ -398,6 +408,8 @@ class ControlLink:
                 background.append(asyncio.create_task(self._telemetry.run(send_telemetry)))
             if self._usage is not None:
                 background.append(asyncio.create_task(self._usage.run(send_usage)))
+            if self._alert_events is not None:
+                background.append(asyncio.create_task(self._alert_events.run(send_alert_events)))
             background.append(asyncio.create_task(self._send_statuses(send)))
             try:
                 while True:
@@ -423,6 +435,11 @@ class ControlLink:
                     if message.HasField("usage_ack"):
                         if self._usage is not None:
                             await self._usage.acknowledge(message.usage_ack.acked_seq)
+                        continue
+                    if message.HasField("alert_event_ack"):
+                        if self._alert_events is not None:
+                            acked = message.alert_event_ack.acked_seq
+                            await self._alert_events.acknowledge(acked)
                         continue
                     await self._handle(desired_state_from_pb(message.desired_state))
             finally:

@@ -17,6 +17,7 @@ from common.openai_http import EXCEPTION_HANDLERS as OPENAI_EXCEPTION_HANDLERS
 from common.openai_http import InferenceFront, OpenAIRoutes
 from common.prometheus import metrics_route
 from controlplane.api.agents import agent_routes
+from controlplane.api.alerts import alert_routes
 from controlplane.api.assignments import assignment_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
@@ -90,6 +91,7 @@ def create_app(
         *policy_routes(services),
         *inference_key_routes(services),
         *usage_routes(services),
+        *alert_routes(services),
         *user_routes(services),
     ]
     api = Router(

@@ -15,7 +15,7 @@ from common.policy.document import parse_policy
 from common.policy.policy_model import DEFAULT_LEVELS, Policy
 from controlplane.api.auth_guard import Access, access
 from controlplane.api.telemetry import MAX_TIME_CHARS, iso_ms, parse_time
-from controlplane.db.models import ID_CHARS, USAGE_SOURCE_CHARS, UsageRecordRow
+from controlplane.db.models import ID_CHARS, USAGE_SOURCE_CHARS, AlertEventRow, UsageRecordRow
 from controlplane.services import ControlPlaneServices
 from controlplane.usage_reports import (
     Totals,
@@ -76,7 +76,7 @@ def record_view(row: UsageRecordRow) -> dict[str, Any]:
     return view
 
 
-def cursor_of(row: UsageRecordRow) -> str:
+def cursor_of(row: UsageRecordRow | AlertEventRow) -> str:
     return f"{iso_ms(row.at)},{row.id}"
 
 

@@ -406,3 +406,36 @@ class UsageRecordRow(SQLModel, table=True):
     prompt: str | None = Field(default=None, sa_type=Text)
     # Answered by forwarding to another agent, whose own row counts the request in reports.
     forwarded: bool = False
+
+
+ALERT_STATES = ("firing", "cleared")
+
+
+class AlertEventRow(SQLModel, table=True):
+    """An alert rule that started or stopped firing for one scope key, at an agent (stored once
+    per (source, seq)) or at the gateway (no seq)."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (
+        UniqueConstraint("source", "seq", name="uq_alert_events_source_seq"),
+        CheckConstraint("state IN ('firing', 'cleared')", name="state"),
+        Index("ix_alert_events_source_rule_scope_key", "source", "rule", "scope_key"),
+    )
+
+    id: int | None = Field(
+        default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite")
+    )
+    source: str = Field(max_length=USAGE_SOURCE_CHARS)  # an agent id or "gateway"
+    seq: int | None = Field(default=None, sa_type=BigInteger)
+    at: datetime = Field(sa_type=UtcDateTime, index=True)
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    rule: str = Field(max_length=ID_CHARS)
+    metric: str = Field(max_length=32)
+    scope: str = Field(max_length=16)
+    scope_key: str = Field(max_length=ID_CHARS)  # the target, team or key; "*" for scope all
+    state: str = Field(max_length=16)
+    value: float
+    threshold: float
+    op: str = Field(max_length=4)
+    action: str = Field(max_length=32)
+    reason: str = Field(max_length=REASON_CHARS)

@@ -1,4 +1,4 @@
-"""ControlService: each agent's long-lived stream (Hello, Status, telemetry, usage in)."""
+"""ControlService: each agent's long-lived stream (Hello, Status, telemetry, usage, alerts in)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from common.artifacts import check_sha256
 from common.control import DesiredState, Hello
 from common.errors import InvalidArgument
 from common.proto_convert import (
+    alert_event_batch_from_pb,
     desired_state_to_pb,
     hello_from_pb,
     status_from_pb,
@@ -151,13 +152,13 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
                 return MALFORMED
             if message is grpc.aio.EOF:
                 return "agent closed the stream"
-            if message.HasField("telemetry") or message.HasField("usage"):
+            if message.WhichOneof("body") in ("telemetry", "usage", "alert_events"):
                 reply = await self._store(link.agent_id, message)
                 async with link.write_lock:
                     await context.write(reply)
                 continue
             if not message.HasField("status"):
-                return "only Status, telemetry and usage may follow Hello"
+                return "only Status, telemetry, usage and alert events may follow Hello"
             try:
                 status = status_from_pb(message.status)
             except InvalidArgument as exc:
@@ -165,11 +166,20 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
             await asyncio.to_thread(self._services.fleet.record_status, link.agent_id, status)
 
     async def _store(self, agent_id: str, message: cpb.AgentMessage) -> cpb.ControlMessage:
-        """Stores a telemetry or usage batch; the ack that lets the agent forget it."""
+        """Stores a telemetry, usage or alert event batch; the ack that lets the agent forget
+        it."""
         if message.HasField("telemetry"):
             batch = telemetry_batch_from_pb(message.telemetry)
             stored = await asyncio.to_thread(self._services.telemetry.ingest, agent_id, batch)
             return cpb.ControlMessage(telemetry_ack=cpb.TelemetryAck(acked_seq=stored.acked_seq))
+        if message.HasField("alert_events"):
+            events = alert_event_batch_from_pb(message.alert_events)
+            stored_events = await asyncio.to_thread(
+                self._services.alert_events.record_batch, agent_id, events
+            )
+            return cpb.ControlMessage(
+                alert_event_ack=cpb.AlertEventAck(acked_seq=stored_events.acked_seq)
+            )
         usage = usage_batch_from_pb(message.usage)
         recorded = await asyncio.to_thread(self._services.usage.record_batch, agent_id, usage)
         return cpb.ControlMessage(usage_ack=cpb.UsageAck(acked_seq=recorded.acked_seq))

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from agent.settings import ModelSettings
+from common.policy.alert_notify import AlertEvent
 from common.policy.budgets import SettledUsage
 from common.policy.document import parse_policy
 from common.policy.forwarding import ServingAgent
@@ -60,12 +61,16 @@ class StaticPolicy:
 
     engine: PolicyEngine
     ledger: list[LedgerRecord] = field(default_factory=list)
+    alert_events: list[AlertEvent] = field(default_factory=list)
 
     def current_engine(self) -> PolicyEngine:
         return self.engine
 
     def record_usage(self, record: LedgerRecord) -> None:
         self.ledger.append(record)
+
+    def record_alert_event(self, event: AlertEvent) -> None:
+        self.alert_events.append(event)
 
     def settled_usage(self) -> list[SettledUsage]:
         return []

@@ -133,26 +133,30 @@ class RenewResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "status", "telemetry", "usage")
+    __slots__ = ("hello", "status", "telemetry", "usage", "alert_events")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ALERT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     status: Status
     telemetry: TelemetryBatch
     usage: UsageBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., usage: _Optional[_Union[UsageBatch, _Mapping]] = ...) -> None: ...
+    alert_events: AlertEventBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., usage: _Optional[_Union[UsageBatch, _Mapping]] = ..., alert_events: _Optional[_Union[AlertEventBatch, _Mapping]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("desired_state", "telemetry_ack", "usage_ack")
+    __slots__ = ("desired_state", "telemetry_ack", "usage_ack", "alert_event_ack")
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
     USAGE_ACK_FIELD_NUMBER: _ClassVar[int]
+    ALERT_EVENT_ACK_FIELD_NUMBER: _ClassVar[int]
     desired_state: DesiredState
     telemetry_ack: TelemetryAck
     usage_ack: UsageAck
-    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ...) -> None: ...
+    alert_event_ack: AlertEventAck
+    def __init__(self, desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ..., alert_event_ack: _Optional[_Union[AlertEventAck, _Mapping]] = ...) -> None: ...
 
 class MetricValue(_message.Message):
     __slots__ = ("name", "value", "labels")
@@ -262,6 +266,48 @@ class UsageBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class UsageAck(_message.Message):
+    __slots__ = ("acked_seq",)
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    acked_seq: int
+    def __init__(self, acked_seq: _Optional[int] = ...) -> None: ...
+
+class AlertEventRecord(_message.Message):
+    __slots__ = ("seq", "at_us", "rule", "metric", "scope", "key", "state", "value", "threshold", "op", "action", "reason")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_US_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at_us: int
+    rule: str
+    metric: str
+    scope: str
+    key: str
+    state: str
+    value: float
+    threshold: float
+    op: str
+    action: str
+    reason: str
+    def __init__(self, seq: _Optional[int] = ..., at_us: _Optional[int] = ..., rule: _Optional[str] = ..., metric: _Optional[str] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., op: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AlertEventBatch(_message.Message):
+    __slots__ = ("events", "dropped")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AlertEventRecord]
+    dropped: int
+    def __init__(self, events: _Optional[_Iterable[_Union[AlertEventRecord, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class AlertEventAck(_message.Message):
     __slots__ = ("acked_seq",)
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int

@@ -1,4 +1,4 @@
-"""The gateway's ledger sink: rows handed over on the event loop, written by one thread."""
+"""The gateway's sinks (ledger rows, alert events): handed over on the loop, written by a thread."""
 
 from __future__ import annotations
 
@@ -6,30 +6,41 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-
-from common.policy.ledger_record import LedgerRecord
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
-MAX_WAITING = 10_000  # rows not written yet; more are dropped (counted and logged)
+MAX_WAITING = 10_000  # items not written yet; more are dropped (counted and logged)
+_T = TypeVar("_T")
 
 
-class LedgerWriter:
-    """`record` never blocks: the row is queued and `write` (a database insert) runs on the
-    writer thread. `close` writes what is queued, then stops."""
+class BackgroundWriter(Generic[_T]):
+    """`record` never blocks: the item is queued and `write` (a database insert) runs on the
+    writer thread, in order. `close` writes what is queued, then stops. `name` and `describe`
+    (an item in a few words) are for log messages."""
 
-    def __init__(self, write: Callable[[LedgerRecord], object], max_waiting: int = MAX_WAITING):
+    def __init__(
+        self,
+        write: Callable[[_T], object],
+        *,
+        name: str,
+        describe: Callable[[_T], str] = lambda _: "an item",
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
         self._write = write
-        self._queue: queue.Queue[LedgerRecord | None] = queue.Queue(max_waiting)
+        self._name = name
+        self._describe = describe
+        self._max_waiting = max_waiting
+        self._queue: queue.Queue[_T | None] = queue.Queue(max_waiting)
         self._idle = threading.Condition()
         self._pending = 0
         self.written = 0
         self.dropped = 0
         self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="gateway-ledger", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def record(self, record: LedgerRecord) -> None:
+    def record(self, record: _T) -> None:
         with self._idle:
             self._pending += 1
         try:
@@ -40,11 +51,14 @@ class LedgerWriter:
                 self.dropped += 1
                 self._idle.notify_all()
             log.error(
-                "gateway ledger: %d rows waiting; row %s dropped", MAX_WAITING, record.request_id
+                "%s: %d waiting; %s dropped",
+                self._name,
+                self._max_waiting,
+                self._describe(record),
             )
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """True once every queued row is written (or failed) within `timeout_s`."""
+        """True once every queued item is written (or failed) within `timeout_s`."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
 
@@ -59,7 +73,7 @@ class LedgerWriter:
                 self._write(record)
                 written = True
             except Exception:
-                log.exception("gateway ledger: writing row %s failed", record.request_id)
+                log.exception("%s: writing %s failed", self._name, self._describe(record))
             with self._idle:
                 self._pending -= 1
                 self.written += written
