@@ -9,8 +9,7 @@ from controlplane.console.admin_pages import admin_routes
 from controlplane.console.errors import exception_handlers
 from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
-from controlplane.console.login_limits import LoginLimiter
-from controlplane.console.login_routes import login_routes
+from controlplane.console.login_routes import LoginLimiter, login_routes
 from controlplane.console.model_pages import model_routes
 from controlplane.console.policy_pages import policy_routes
 from controlplane.console.rendering import STATIC_DIR, STATIC_PATH, Renderer

@@ -1,22 +1,193 @@
-"""The fleet overview (`/`), its live fragment, and the agent detail page."""
+"""Fleet pages: the overview of sites and agents (health, models, load), its fragment, agents."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from litestar import Request, get
 from litestar.params import Parameter
 from litestar.response import Response
 
-from controlplane.console.fleet_view import agent_detail, fleet_overview
+from common.telemetry import Metric, Sample
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.rendering import Renderer
+from controlplane.db.models import Agent
+from controlplane.liveness import Health
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
 
+NO_SITE = "(no site)"
 FRAGMENT_PATH = "/console/fleet-fragment"
 MAX_AGENT_ID_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Load:
+    cpu: str = "-"
+    memory: str = "-"
+    gpu: str = "-"
+    tokens_per_second: str = "-"
+    collected_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    id: str
+    name: str
+    site: str
+    state: str
+    reason: str
+    models: tuple[str, ...]
+    load: Load
+    last_seen_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    name: str
+    agents: tuple[AgentRow, ...]
+    ready: int
+
+
+@dataclass(frozen=True)
+class StatusItemRow:
+    kind: str
+    name: str
+    state: str
+    error: str
+    progress: str
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    name: str
+    labels: str
+    value: str
+
+
+@dataclass(frozen=True)
+class AgentDetail:
+    row: AgentRow
+    agent: Agent
+    hardware: tuple[tuple[str, str], ...]
+    desired_models: tuple[tuple[str, str], ...]  # alias, source
+    items: tuple[StatusItemRow, ...]
+    metrics: tuple[MetricRow, ...]
+
+
+def _values(sample: Sample, name: str) -> list[float]:
+    return [m.value for m in sample.metrics if m.name == name]
+
+
+def _percent(values: Iterable[float]) -> str:
+    listed = list(values)
+    return f"{100 * sum(listed) / len(listed):.0f} %" if listed else "-"
+
+
+def load_of(sample: Sample | None) -> Load:
+    if sample is None:
+        return Load()
+    used, total = (
+        _values(sample, "outpost_memory_used_bytes"),
+        _values(sample, "outpost_memory_total_bytes"),
+    )
+    memory = f"{100 * used[0] / total[0]:.0f} %" if used and total and total[0] > 0 else "-"
+    rates = _values(sample, "outpost_model_tokens_per_second")
+    return Load(
+        cpu=_percent(_values(sample, "outpost_cpu_utilization_ratio")),
+        memory=memory,
+        gpu=_percent(_values(sample, "outpost_gpu_utilization_ratio")),
+        tokens_per_second=f"{sum(rates):.1f}" if rates else "-",
+        collected_at=sample.collected_at,
+    )
+
+
+def _models(agent: Agent) -> tuple[str, ...]:
+    return tuple(
+        f"{item.get('name', '?')} ({item.get('state', '?')})"
+        for item in agent.status_items or []
+        if item.get("kind") == "model"
+    )
+
+
+def _row(agent: Agent, health: Health | None, sample: Sample | None) -> AgentRow:
+    return AgentRow(
+        id=agent.id,
+        name=agent.name,
+        site=agent.site or NO_SITE,
+        state=health.state.value if health is not None else agent.state,
+        reason=health.reason if health is not None else "",
+        models=_models(agent),
+        load=load_of(sample),
+        last_seen_at=agent.last_seen_at,
+    )
+
+
+def fleet_overview(services: ControlPlaneServices) -> tuple[SiteGroup, ...]:
+    """Every site (by name) with its agents (by name); blocking: call in a thread."""
+    agents = services.fleet.list()
+    latest = {a.id: s for a in agents if (s := services.telemetry.latest(a.id)) is not None}
+    health = services.health(latest)
+    sites: dict[str, list[AgentRow]] = {}
+    for agent in agents:
+        row = _row(agent, health.get(agent.id), latest.get(agent.id))
+        sites.setdefault(row.site, []).append(row)
+    return tuple(
+        SiteGroup(
+            name=name,
+            agents=tuple(sorted(rows, key=lambda r: (r.name, r.id))),
+            ready=sum(r.state == "ready" for r in rows),
+        )
+        for name, rows in sorted(sites.items())
+    )
+
+
+def _progress(item: dict[str, Any]) -> str:
+    done, total = item.get("bytes_done") or 0, item.get("bytes_total") or 0
+    if not total:
+        return ""
+    return f"{100 * done / total:.0f} % of {total / 1e6:.1f} MB"
+
+
+def _metric(metric: Metric) -> MetricRow:
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(metric.labels.items()))
+    return MetricRow(metric.name.removeprefix("outpost_"), labels, f"{metric.value:.4g}")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def agent_detail(services: ControlPlaneServices, agent_id: str) -> AgentDetail:
+    """One agent (NotFound when unknown); blocking: call in a thread."""
+    agent = services.fleet.get(agent_id)
+    sample = services.telemetry.latest(agent_id)
+    health = services.health({agent_id: sample} if sample is not None else None).get(agent_id)
+    desired = services.desired.current(agent_id)
+    return AgentDetail(
+        row=_row(agent, health, sample),
+        agent=agent,
+        hardware=tuple((k, _text(v)) for k, v in sorted((agent.hardware or {}).items())),
+        desired_models=tuple(
+            (m.alias, m.model_name or m.path or f"sha256:{m.sha256[:12]}…") for m in desired.models
+        ),
+        items=tuple(
+            StatusItemRow(
+                kind=str(item.get("kind", "")),
+                name=str(item.get("name", "")),
+                state=str(item.get("state", "")),
+                error=str(item.get("error", "")),
+                progress=_progress(item),
+            )
+            for item in agent.status_items or []
+        ),
+        metrics=tuple(_metric(m) for m in sample.metrics) if sample is not None else (),
+    )
 
 
 def fleet_routes(

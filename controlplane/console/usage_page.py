@@ -1,4 +1,4 @@
-"""The usage page: this UTC month's requests, tokens and spend by team and by route."""
+"""The usage page: this UTC month's requests, tokens and spend by team, route and data level."""
 
 from __future__ import annotations
 
@@ -27,11 +27,22 @@ class SpendRow:
 
 
 @dataclass(frozen=True)
+class LevelRow:
+    """Requests of one data level and their share of all requests (the sensitive share)."""
+
+    level: str
+    requests: int
+    share: str
+    cost: str
+
+
+@dataclass(frozen=True)
 class UsageSummary:
     window: Window
     total: SpendRow
     by_team: tuple[SpendRow, ...]
     by_route: tuple[SpendRow, ...]
+    by_level: tuple[LevelRow, ...]
     truncated: bool
 
 
@@ -55,11 +66,24 @@ def usage_summary(services: ControlPlaneServices) -> UsageSummary:
     window = Window(start, end)
     by_team, team_cut = reports.spend(window, ["team"])
     by_route, route_cut = reports.spend(window, ["route"])
+    totals = reports.totals(window)
+    levels = reports.by_level(window)
     return UsageSummary(
         window=window,
-        total=_row("all", reports.totals(window)),
+        total=_row("all", totals),
         by_team=tuple(_row(g.key["team"] or "-", g.totals) for g in by_team),
         by_route=tuple(_row(g.key["route"] or "-", g.totals) for g in by_route),
+        by_level=tuple(
+            LevelRow(
+                level or "-",
+                level_totals.requests,
+                f"{100 * level_totals.requests / totals.requests:.1f} %"
+                if totals.requests
+                else "-",
+                money(level_totals.cost_nanos),
+            )
+            for level, level_totals in sorted(levels.items(), key=lambda item: item[0] or "")
+        ),
         truncated=team_cut or route_cut,
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from controlplane.console.login_limits import LoginLimiter
+from controlplane.console.login_routes import LoginLimiter
 from controlplane.console.sessions import ConsoleSessions, csrf_token_for, session_hash
 from controlplane.db.database import Database
 from controlplane.db.models import ConsoleSession
