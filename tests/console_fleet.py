@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from agent.control.identity import build_csr, generate_key
+from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
@@ -56,3 +59,25 @@ def enroll_agent(cp: RunningControlPlane, name: str, site: str = "") -> str:
 def live_version(cp: RunningControlPlane) -> int | None:
     live = services_of(cp).policies.live()
     return live.version if live is not None else None
+
+
+def add_telemetry(cp: RunningControlPlane, agent_id: str, minutes: int = 30) -> None:
+    """A sample a minute for the last `minutes`: CPU, memory, a GPU and a model's numbers."""
+    telemetry = services_of(cp).telemetry
+    now = telemetry.now()
+    gpu = {"gpu": "0", "name": "Test GPU"}
+    samples = []
+    for seq in range(1, minutes + 1):
+        wave = (1 + math.sin(seq / 4)) / 2
+        metrics = (
+            Metric("outpost_cpu_utilization_ratio", 0.2 + 0.6 * wave, {"cpu": "total"}),
+            Metric("outpost_memory_used_bytes", 6e9 + 2e9 * wave),
+            Metric("outpost_memory_total_bytes", 16e9),
+            Metric("outpost_gpu_utilization_ratio", wave, gpu),
+            Metric("outpost_gpu_temperature_celsius", 50 + 20 * wave, gpu),
+            Metric("outpost_model_tokens_per_second", 60 + 30 * wave, {"model": "smol"}),
+            Metric("outpost_model_queue_depth", round(3 * wave), {"model": "smol"}),
+        )
+        at = now - timedelta(minutes=minutes - seq, seconds=1)
+        samples.append(SequencedSample(seq, Sample(at, metrics)))
+    telemetry.ingest(agent_id, TelemetryBatch(tuple(samples)))

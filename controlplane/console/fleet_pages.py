@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from litestar.response import Response
 
 from common.telemetry import Metric, Sample
+from controlplane.console.charts import RANGES, agent_charts, check_range
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.rendering import Renderer
 from controlplane.db.models import Agent
@@ -84,6 +85,13 @@ def _values(sample: Sample, name: str) -> list[float]:
     return [m.value for m in sample.metrics if m.name == name]
 
 
+def _cpu(sample: Sample) -> list[float]:
+    """The whole machine's CPU share: the "total" series, else the cores' average."""
+    cpu = [m for m in sample.metrics if m.name == "outpost_cpu_utilization_ratio"]
+    total = [m.value for m in cpu if m.labels.get("cpu") == "total"]
+    return total or [m.value for m in cpu]
+
+
 def _percent(values: Iterable[float]) -> str:
     listed = list(values)
     return f"{100 * sum(listed) / len(listed):.0f} %" if listed else "-"
@@ -99,7 +107,7 @@ def load_of(sample: Sample | None) -> Load:
     memory = f"{100 * used[0] / total[0]:.0f} %" if used and total and total[0] > 0 else "-"
     rates = _values(sample, "outpost_model_tokens_per_second")
     return Load(
-        cpu=_percent(_values(sample, "outpost_cpu_utilization_ratio")),
+        cpu=_percent(_cpu(sample)),
         memory=memory,
         gpu=_percent(_values(sample, "outpost_gpu_utilization_ratio")),
         tokens_per_second=f"{sum(rates):.1f}" if rates else "-",
@@ -216,15 +224,29 @@ def fleet_routes(
         sites = await asyncio.to_thread(fleet_overview, services)
         return renderer.page("fleet_table.html", sites=sites)
 
+    async def agent_context(agent_id: str, range_name: str | None) -> dict[str, Any]:
+        chosen = check_range(range_name)
+
+        def load() -> dict[str, Any]:
+            return {
+                "detail": agent_detail(services, agent_id),
+                "charts": agent_charts(services, agent_id, chosen),
+                "range": chosen,
+                "ranges": list(RANGES),
+            }
+
+        return await asyncio.to_thread(load)
+
     @get("/console/agents/{agent_id:str}", include_in_schema=False)
     async def agent_page(
         request: Request[Any, Any, Any],
         agent_id: str = Parameter(max_length=MAX_AGENT_ID_CHARS),
     ) -> Response[Any]:
+        """One agent: identity, hardware, models and rollout, telemetry charts over a range."""
         login = await gate.login(request)
-        detail = await asyncio.to_thread(agent_detail, services, agent_id)
+        context = await agent_context(agent_id, request.query_params.get("range"))
         return renderer.page(
-            "agent.html", login=login, detail=detail, refresh_seconds=settings.refresh_seconds
+            "agent.html", login=login, refresh_seconds=settings.refresh_seconds, **context
         )
 
     @get("/console/agents/{agent_id:str}/live", include_in_schema=False)
@@ -234,7 +256,7 @@ def fleet_routes(
     ) -> Response[Any]:
         """The agent page's models, rollout and telemetry, polled by console.js."""
         await gate.login(request)
-        detail = await asyncio.to_thread(agent_detail, services, agent_id)
-        return renderer.page("agent_live.html", detail=detail)
+        context = await agent_context(agent_id, request.query_params.get("range"))
+        return renderer.page("agent_live.html", **context)
 
     return [overview, overview_fragment, agent_page, agent_fragment]

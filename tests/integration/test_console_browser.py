@@ -18,6 +18,7 @@ from tests.console_fleet import (
     BAD_POLICY,
     GOOD_POLICY,
     PASSWORD,
+    add_telemetry,
     add_users,
     console_control_plane,
     enroll_agent,
@@ -93,6 +94,7 @@ def test_the_overview_shows_agents_escaped_and_refreshes_itself(
     expect(page.get_by_role("heading", name="branch-1")).to_be_visible()
     assert page.evaluate("typeof window.pwned") == "undefined"
     newcomer = enroll_agent(cp, "late-arrival", site="branch-2")
+    add_telemetry(cp, newcomer)
     # No reload: console.js polls the fragment and the new agent appears.
     expect(page.locator(f'tr.agent[data-agent-id="{newcomer}"]')).to_contain_text("late-arrival")
     assert page.evaluate("typeof window.pwned") == "undefined"
@@ -100,6 +102,8 @@ def test_the_overview_shows_agents_escaped_and_refreshes_itself(
     page.get_by_role("link", name="late-arrival").click()
     expect(page.get_by_role("heading", name="late-arrival")).to_be_visible()
     expect(page.get_by_text(newcomer).first).to_be_visible()
+    expect(page.locator("figure.chart")).to_have_count(6)  # the metrics sent, one chart each
+    expect(page.locator("figure.chart", has_text="Tokens/s")).to_contain_text("model=smol")
     page.screenshot(path=screenshot_path("agent"), full_page=True)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
+from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from controlplane.db.models import AuditEvent
 from controlplane.usage_store import UsageStore
 from tests.console_client import ConsoleClient, csrf_token
@@ -298,3 +299,39 @@ def test_the_usage_page_shows_this_months_spend_by_team_route_and_level(
     levels = page.text[page.text.index("By data level") :]
     assert "confidential" in levels
     assert "50.0 %" in levels
+
+
+def test_the_agent_page_charts_telemetry_over_the_chosen_range(
+    cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    agent_id = enroll_agent(cp, "charted", site="charts")
+    now = services_of(cp).telemetry.now()
+    samples = tuple(
+        SequencedSample(
+            seq,
+            Sample(
+                now - timedelta(minutes=10 - seq),
+                (
+                    Metric("outpost_cpu_utilization_ratio", 0.1 * seq, {"cpu": "total"}),
+                    Metric("outpost_cpu_utilization_ratio", 0.9, {"cpu": "0"}),
+                    Metric("outpost_model_tokens_per_second", 40.0 + seq, {"model": "smol"}),
+                ),
+            ),
+        )
+        for seq in range(1, 6)
+    )
+    services_of(cp).telemetry.ingest(agent_id, TelemetryBatch(samples))
+    page = admin.get(f"/console/agents/{agent_id}?range=1h").text
+    assert page.count("<polyline") == 2  # the CPU "total" series (not a core), tokens/s
+    assert "CPU" in page
+    assert "Tokens/s" in page
+    assert "model=smol: 45" in page  # the latest value in the legend
+    assert "GPU utilisation" not in page  # no data: no chart
+    overview = admin.get("/").text
+    assert "50 %" in overview  # the "total" CPU series, not the cores' average
+    week = admin.get(f"/console/agents/{agent_id}/live?range=7d")
+    assert week.status_code == 200
+    assert 'aria-current="page">7d' in week.text
+    bad = admin.get(f"/console/agents/{agent_id}?range=forever")
+    assert bad.status_code == 400
+    assert "The range must be one of" in bad.text
