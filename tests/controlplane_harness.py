@@ -67,6 +67,24 @@ class RunningControlPlane:
             timeout=30,
         )
 
+    def assign_demo_model(self, demo_model: Path, agent_id: str, alias: str = "smol") -> None:
+        """Imports the demo model into the registry (once: it is content-addressed) and assigns
+        it to the agent as `alias` with a 512-token context."""
+        with self.api() as api:
+            with demo_model.open("rb") as handle:
+                imported = api.post(
+                    "/models",
+                    content=handle,
+                    params={"name": "smollm2"},
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            assert imported.status_code == 201, imported.text
+            assigned = api.post(
+                "/assignments",
+                json={"model": "smollm2", "agent": agent_id, "alias": alias, "context_length": 512},
+            )
+            assert assigned.status_code == 201, assigned.text
+
     def create_token(self, **body: Any) -> str:
         with self.api() as api:
             response = api.post("/tokens", json=body)

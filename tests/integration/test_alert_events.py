@@ -16,7 +16,7 @@ from tests.controlplane_harness import (
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
-from tests.integration.test_managed_policy_enforcement import _upload, chat
+from tests.integration.test_managed_policy_enforcement import chat
 from tests.recording_openai_server import Behaviour, RecordingOpenAI
 
 pytestmark = pytest.mark.model
@@ -69,12 +69,7 @@ def test_firings_on_the_agent_and_the_gateway_are_recorded_centrally(
             wait_until(companion.link.connected.is_set, "the agent is connected")
             with cp.api() as api:
                 agent_id = api.get("/agents").json()["agents"][0]["id"]
-                assigned = api.post(
-                    "/assignments",
-                    json={"model": _upload(cp, demo_model), "agent": agent_id, "alias": "smol",
-                          "context_length": 512},
-                )  # fmt: skip
-                assert assigned.status_code == 201, assigned.text
+                cp.assign_demo_model(demo_model, agent_id)
                 applied = api.put(
                     "/policy",
                     content=POLICY % cloud.base_url,

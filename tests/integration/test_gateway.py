@@ -20,7 +20,6 @@ from tests.controlplane_harness import (
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
-from tests.integration.test_managed_policy_enforcement import _upload
 from tests.recording_openai_server import ANSWER_TEXT, Behaviour, RecordingOpenAI
 
 pytestmark = pytest.mark.model
@@ -85,12 +84,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterato
             wait_until(companion.link.connected.is_set, "the agent is connected")
             with cp.api() as api:
                 agent_id = api.get("/agents").json()["agents"][0]["id"]
-                response = api.post(
-                    "/assignments",
-                    json={"model": _upload(cp, demo_model), "agent": agent_id, "alias": "smol",
-                          "context_length": 512},
-                )  # fmt: skip
-                assert response.status_code == 201, response.text
+                cp.assign_demo_model(demo_model, agent_id)
             key = create(cp, "bi", "analyst", "finance")["key"]
             # Before any policy is applied the gateway routes nothing.
             with pytest.raises(openai.InternalServerError, match="no routing policy is applied"):

@@ -55,12 +55,7 @@ def test_policy_and_keys_from_the_control_plane_guard_the_agents_endpoints(
             wait_until(companion.link.connected.is_set, "the agent is connected")
             with cp.api() as api:
                 agent_id = api.get("/agents").json()["agents"][0]["id"]
-                response = api.post(
-                    "/assignments",
-                    json={"model": _upload(cp, demo_model), "agent": agent_id, "alias": "smol",
-                          "context_length": 512},
-                )  # fmt: skip
-                assert response.status_code == 201, response.text
+                cp.assign_demo_model(demo_model, agent_id)
             # No policy yet: the agent answers anyone, from its own models by alias.
             wait_until(
                 lambda: _answers(running.http_base, "no-key"), "the agent serves smol", timeout=120
@@ -78,18 +73,6 @@ def test_policy_and_keys_from_the_control_plane_guard_the_agents_endpoints(
             assert chat(running.http_base, key["key"], "1, 2, 3,")  # the local model answers
             with pytest.raises(openai.PermissionDeniedError, match="may not send restricted"):
                 chat(running.http_base, key["key"], "hello", level="restricted")
-
-
-def _upload(cp: RunningControlPlane, path: Path) -> str:
-    with cp.api() as api, path.open("rb") as handle:
-        response = api.post(
-            "/models",
-            content=handle,
-            params={"name": "smollm2"},
-            headers={"Content-Type": "application/octet-stream"},
-        )
-    assert response.status_code == 201, response.text
-    return "smollm2"
 
 
 def _answers(base: str, key: str) -> bool:

@@ -17,7 +17,6 @@ from tests.controlplane_harness import (
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
-from tests.integration.test_managed_policy_enforcement import _upload
 
 pytestmark = pytest.mark.model
 
@@ -75,12 +74,7 @@ def test_an_agent_without_the_model_answers_through_its_sites_agent_also_offline
         front, front_companion, front_id = agents["front"]
         shelf, shelf_companion, shelf_id = agents["shelf"]
         with cp.api() as api:
-            response = api.post(
-                "/assignments",
-                json={"model": _upload(cp, demo_model), "agent": shelf_id, "alias": "smol",
-                      "context_length": 512},
-            )  # fmt: skip
-            assert response.status_code == 201, response.text
+            cp.assign_demo_model(demo_model, shelf_id)
             applied = api.put(
                 "/policy", content=policy(shelf_id), headers={"Content-Type": "application/yaml"}
             )
