@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,20 @@ class EditorState:
     problems: tuple[PolicyProblem, ...] = ()
     warnings: tuple[PolicyProblem, ...] = ()
     notice: str = ""
+    diff: tuple[tuple[str, str], ...] = ()  # (added | removed | context | hunk, line)
+
+
+MAX_DIFF_LINES = 2000
+
+
+def diff_lines(live: str, draft: str) -> tuple[tuple[str, str], ...]:
+    """The draft against the live document, as unified-diff lines with their kind."""
+    lines = difflib.unified_diff(
+        live.splitlines(), draft.splitlines(), "live", "draft", lineterm="", n=2
+    )
+    kinds = {"+": "added", "-": "removed", "@": "hunk"}
+    shown = [(kinds.get(line[:1], "context"), line) for line in lines][2:]  # no file header
+    return tuple(shown[:MAX_DIFF_LINES])
 
 
 def _explain(store: PolicyStore, wanted: ExplainRequest) -> list[str]:
@@ -101,8 +116,13 @@ def policy_routes(
         try:
             if action == "validate":
                 checked = await asyncio.to_thread(validate, document, SOURCE)
-                notice = f"Valid (digest {checked.policy.digest[:12]}…); not published."
-                editor = EditorState(document, warnings=tuple(checked.warnings), notice=notice)
+                live = await asyncio.to_thread(store.live)
+                changes = diff_lines(live.document if live is not None else "", document)
+                same = "the same as the live version; " if live is not None and not changes else ""
+                notice = f"Valid (digest {checked.policy.digest[:12]}…); {same}not published."
+                editor = EditorState(
+                    document, warnings=tuple(checked.warnings), notice=notice, diff=changes
+                )
             else:
                 name = login.principal.name
                 applied = await asyncio.to_thread(

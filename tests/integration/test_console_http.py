@@ -335,3 +335,22 @@ def test_the_agent_page_charts_telemetry_over_the_chosen_range(
     bad = admin.get(f"/console/agents/{agent_id}?range=forever")
     assert bad.status_code == 400
     assert "The range must be one of" in bad.text
+
+
+def test_validating_a_draft_shows_its_changes_against_the_live_version(
+    cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    form = {"csrf_token": admin.page_token("/console/policy"), "action": "publish"}
+    admin.post("/console/policy/edit", {**form, "document": GOOD_POLICY})
+    draft = GOOD_POLICY.replace("model: smol", "model: <tiny>")
+    response = admin.post("/console/policy/edit", {**form, "action": "validate", "document": draft})
+    assert response.status_code == 200
+    assert '<span class="diff-removed">-  here: {type: local, model: smol}</span>' in response.text
+    assert '<span class="diff-added">+  here: {type: local, model: &lt;tiny&gt;}</span>' in (
+        response.text
+    )
+    same = admin.post(
+        "/console/policy/edit", {**form, "action": "validate", "document": GOOD_POLICY}
+    )
+    assert "the same as the live version" in same.text
+    assert 'id="policy-diff"' not in same.text
