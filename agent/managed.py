@@ -17,6 +17,7 @@ from agent.artifacts.download import Downloader
 from agent.artifacts.store import ArtifactStore
 from agent.control.client import ControlLink, ControlLinkSettings
 from agent.control.identity import IdentityStore
+from agent.control.lookups import ControlLookups
 from agent.control.site_agents import SiteAgentDirectory
 from agent.control.state_store import DesiredStateError, DesiredStateStore
 from agent.inference_keys import InferenceKeyState
@@ -96,13 +97,14 @@ class ManagedAgent:
         )
         self.link.peer_address = peer_address
         self._inference_address = inference_address
-        self._site_agents = SiteAgentDirectory(self.link.find_site_agent)
+        self.lookups = ControlLookups(self.link)
+        self._site_agents = SiteAgentDirectory(self.lookups.find_site_agent)
         self.artifacts = ArtifactStore(state_dir / "artifacts")
         self.rollout = ModelRollout(
             state_dir,
             self.artifacts,
             Downloader(self.artifacts, rate_limit_bytes_per_s=download_rate_limit),
-            self.link.artifact_sources,
+            self.lookups.artifact_sources,
             changed=self._artifact_ready,
             report=self._publish_status,
         )

@@ -7,15 +7,13 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
-from agent.artifacts.download import ChunkSource
 from agent.artifacts.grpc_source import CHANNEL_OPTIONS as ARTIFACT_OPTIONS
-from agent.artifacts.grpc_source import GrpcChunkSource
 from agent.bundle_import import PINNED_KEY_FILE, pin_public_key
 from agent.control.backoff import Backoff
 from agent.control.identity import (
@@ -145,74 +143,16 @@ class ControlLink:
         self.observed_generation = status.observed_generation
         self._status_changed.set()
 
-    @contextlib.asynccontextmanager
-    async def artifact_sources(self, sha256: str) -> AsyncIterator[list[ChunkSource]]:
-        """Where to fetch an artifact: the site's peers that hold it, then the control plane.
-        Empty until the agent has reached the control plane once in this process."""
+    def control_channel(
+        self, options: list[tuple[str, int]] = CHANNEL_OPTIONS
+    ) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]] | None:
+        """A new channel to the control plane's mutual-TLS port and the metadata its calls
+        carry; None until the agent has reached the control plane once in this process. The
+        caller closes the channel."""
         if self._session_target is None:
-            yield []
-            return
+            return None
         identity, port = self._session_target
-        control = self._channel(identity, port, ARTIFACT_CHANNEL_OPTIONS)
-        peer_channels: list[tuple[str, grpc.aio.Channel]] = []
-        try:
-            for address in await self._find_peers(control, identity, sha256):
-                if address != self.peer_address:
-                    peer_channels.append(
-                        (
-                            address,
-                            grpc.aio.insecure_channel(address, options=ARTIFACT_CHANNEL_OPTIONS),
-                        )
-                    )
-            sources: list[ChunkSource] = [
-                GrpcChunkSource(channel, f"peer {address}") for address, channel in peer_channels
-            ]
-            sources.append(
-                GrpcChunkSource(control, "control plane", metadata=self._metadata(identity))
-            )
-            yield sources
-        finally:
-            for _, channel in peer_channels:
-                await channel.close()
-            await control.close()
-
-    async def _find_peers(
-        self, channel: grpc.aio.Channel, identity: StoredIdentity, sha256: str
-    ) -> list[str]:
-        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            response = await stub.FindPeers(
-                cpb.FindPeersRequest(sha256=sha256),
-                timeout=RPC_TIMEOUT_S,
-                metadata=self._metadata(identity),
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.info("no peers for %s: %s", sha256[:12], _describe(exc))
-            return []
-        return [a for a in response.addresses if _is_address(a)][:MAX_PEERS]
-
-    async def find_site_agent(self, agent: str) -> tuple[str, str] | None:
-        """(id, inference address) of the agent of this site the control plane knows by `agent`
-        (an id or a name); None when it knows none; ConnectionError when it cannot be asked."""
-        if self._session_target is None:
-            raise ConnectionError("the control plane has not been reached yet")
-        identity, port = self._session_target
-        channel = self._channel(identity, port, CHANNEL_OPTIONS)
-        try:
-            stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
-            response = await stub.FindSiteAgent(
-                cpb.FindSiteAgentRequest(agent=agent),
-                timeout=RPC_TIMEOUT_S,
-                metadata=self._metadata(identity),
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return None
-            raise ConnectionError(_describe(exc)) from exc
-        finally:
-            await channel.close()
-        address = response.inference_address
-        return (response.agent_id, address) if _is_address(address) else None
+        return self._channel(identity, port, options), self._metadata(identity)
 
     # -- enrollment -----------------------------------------------------------------------
 
@@ -239,7 +179,9 @@ class ControlLink:
                 ):
                     raise EnrollmentRefused(f"enrollment refused: {exc.details()}") from exc
                 delay = self._backoff.next_delay()
-                log.warning("cannot enroll yet (%s); retrying in %.1f s", _describe(exc), delay)
+                log.warning(
+                    "cannot enroll yet (%s); retrying in %.1f s", describe_failure(exc), delay
+                )
                 await _wait(stop, delay)
                 continue
             self._backoff.reset()
@@ -299,7 +241,7 @@ class ControlLink:
                 self.connected.clear()
                 delay = self._backoff.next_delay()
                 log.warning(
-                    "control stream down (%s); reconnecting in %.1f s", _describe(exc), delay
+                    "control stream down (%s); reconnecting in %.1f s", describe_failure(exc), delay
                 )
                 await _wait(stop, delay)
 
@@ -462,7 +404,7 @@ class ControlLink:
                 await send(cpb.AgentMessage(status=status_to_pb(self._status)))
 
 
-def _is_address(text: str) -> bool:
+def is_address(text: str) -> bool:
     try:
         split_address(text)
     except ValueError:
@@ -474,7 +416,7 @@ def _new_agent_id() -> str:
     return str(uuid.uuid4())
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc) or type(exc).__name__

@@ -24,6 +24,7 @@ from agent.cli import main as agent_main
 from agent.control.backoff import Backoff
 from agent.control.client import MAX_PEERS, ControlLink, ControlLinkSettings
 from agent.control.identity import IdentityStore, StoredIdentity
+from agent.control.lookups import ControlLookups
 from agent.control.state_store import DesiredStateStore
 from agent.managed import ManagedAgent
 from agent.settings import (
@@ -329,7 +330,8 @@ def test_artifact_sources_list_peers_first_and_the_control_plane_last(tmp_path: 
     async def main() -> None:
         async with fake_control_plane(tmp_path) as t:
             sha256 = install(t.control_store, model)
-            async with t.link.artifact_sources(sha256) as sources:
+            lookups = ControlLookups(t.link)
+            async with lookups.artifact_sources(sha256) as sources:
                 assert sources == []  # the control plane has not been reached yet
             assert t.control.peer_requests == []
             t.link.peer_address = "127.0.0.1:7"  # this agent itself
@@ -347,7 +349,7 @@ def test_artifact_sources_list_peers_first_and_the_control_plane_last(tmp_path: 
                     peer,
                     *refused,
                 ]
-                async with t.link.artifact_sources(sha256) as sources:
+                async with lookups.artifact_sources(sha256) as sources:
                     names = [source.name for source in sources]
                     # At most MAX_PEERS valid addresses are kept; this agent's own is skipped.
                     assert names == [
@@ -365,7 +367,7 @@ def test_artifact_sources_list_peers_first_and_the_control_plane_last(tmp_path: 
                 assert t.control.peer_requests == [sha256]
 
                 t.control.find_peers_status = grpc.StatusCode.UNIMPLEMENTED  # an older one
-                async with t.link.artifact_sources(sha256) as sources:
+                async with lookups.artifact_sources(sha256) as sources:
                     assert [source.name for source in sources] == ["control plane"]
                     manifest = await sources[0].manifest(sha256)
                     assert manifest == manifest_of_file(model)
