@@ -20,6 +20,7 @@ from common.lifecycle import (
 )
 from controlplane.api.app import create_app
 from controlplane.bundle_signing import BundleSigner, signing_directory
+from controlplane.console.enrollment_pages import EnrollmentHint
 from controlplane.db.database import Database
 from controlplane.gateway import Gateway
 from controlplane.gateway_parts import GatewayParts
@@ -176,6 +177,9 @@ class ControlPlaneServer:
                 join_token_ttl=settings.join_token_ttl,
                 gateway=gateway_parts.gateway,
                 console=settings.console,
+                enrollment=EnrollmentHint(
+                    f"{settings.advertise_hosts[0]}:{grpc_port}", ca.fingerprint, settings.insecure
+                ),
             )
         )
         try:

@@ -31,6 +31,7 @@ from controlplane.api.tokens import token_routes
 from controlplane.api.usage import usage_routes
 from controlplane.api.users import user_routes
 from controlplane.console.app import console_router
+from controlplane.console.enrollment_pages import EnrollmentHint
 from controlplane.fleet_metrics import prometheus
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
@@ -73,12 +74,14 @@ def create_app(
     join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL,
     gateway: InferenceFront | None = None,
     console: ConsoleSettings | None = None,
+    enrollment: EnrollmentHint | None = None,
 ) -> Litestar:
     """The REST API over `services`.
 
     `on_revoke(agent_id)` runs on the event loop after an agent is revoked, so the gRPC side
     can cut its stream. `join_token_ttl` is the lifetime of a token created without one.
-    The web console is served at `/` with `console` settings (defaults when None).
+    The web console is served at `/` with `console` settings (defaults when None); its
+    install commands for new agents name `enrollment`.
     """
     handlers: list[Any] = [
         *agent_routes(services, on_revoke),
@@ -101,7 +104,11 @@ def create_app(
         dependencies={"principal": Provide(current_principal, sync_to_thread=False)},
     )
     root: list[Any] = [healthz, metrics_route(partial(prometheus, services)), api]
-    root.append(console_router(services, console or ConsoleSettings()))
+    root.append(
+        console_router(
+            services, console or ConsoleSettings(), enrollment=enrollment, on_revoke=on_revoke
+        )
+    )
     if gateway is not None:  # OpenAI's API at /v1, its errors in OpenAI's form
         root.append(
             Router(

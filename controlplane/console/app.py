@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from litestar import Router
 from litestar.static_files import create_static_files_router
 
 from controlplane.console.admin_pages import admin_routes
+from controlplane.console.enrollment_pages import EnrollmentHint, enrollment_routes
 from controlplane.console.errors import exception_handlers
 from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
@@ -19,7 +22,15 @@ from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
 
 
-def console_router(services: ControlPlaneServices, settings: ConsoleSettings) -> Router:
+def console_router(
+    services: ControlPlaneServices,
+    settings: ConsoleSettings,
+    *,
+    enrollment: EnrollmentHint | None = None,
+    on_revoke: Callable[[str], None] | None = None,
+) -> Router:
+    """`enrollment`: for the install command of new agents; `on_revoke(agent_id)` cuts a
+    revoked agent's stream."""
     renderer = Renderer()
     sessions = ConsoleSessions(
         services.db,
@@ -36,6 +47,7 @@ def console_router(services: ControlPlaneServices, settings: ConsoleSettings) ->
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
         *admin_routes(services, gate, renderer),
+        *enrollment_routes(services, gate, renderer, enrollment, on_revoke),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),
     ]
     return Router(

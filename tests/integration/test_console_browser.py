@@ -214,3 +214,22 @@ def test_an_admin_adds_a_user_and_reads_the_audit_log(page: Page) -> None:
     log_in(page, "auditor", password)
     expect(page.locator("header .who")).to_have_text("auditor (analyst)")
     expect(page.get_by_role("link", name="Users")).to_have_count(0)
+
+
+def test_an_admin_creates_a_join_token_and_copies_the_install_command(
+    page: Page, cp: RunningControlPlane
+) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    log_in(page, "ada")
+    page.get_by_role("link", name="Enrollment").click()
+    page.get_by_label("Site").fill("branch-12")
+    page.get_by_label("Labels").fill("floor=3")
+    page.get_by_role("button", name="Create").click()
+    command = page.locator("#install-command")
+    expect(command).to_contain_text(f"--control-plane localhost:{cp.ports.grpc}")
+    expect(command).to_contain_text(cp.fingerprint)
+    page.get_by_role("button", name="Copy the command").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == command.inner_text().strip()
+    expect(page.locator("tr.token", has_text="branch-12")).to_contain_text("floor=3")
+    page.screenshot(path=screenshot_path("enrollment"), full_page=True)

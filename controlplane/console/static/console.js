@@ -24,7 +24,19 @@
       element.dataset.refreshFailedAt = String(Date.now());
     });
   }
+  function copy(button) {
+    var source = document.getElementById(button.dataset.copyTarget);
+    if (source === null || !navigator.clipboard) {
+      return;
+    }
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      button.textContent = "Copied";
+    });
+  }
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-copy-target]").forEach(function (button) {
+      button.addEventListener("click", function () { copy(button); });
+    });
     document.querySelectorAll("[data-refresh-url]").forEach(function (element) {
       var seconds = Math.max(1, Number(element.dataset.refreshSeconds) || 5);
       window.setInterval(function () { refresh(element); }, seconds * 1000);
