@@ -8,6 +8,7 @@ from litestar import Router
 from litestar.static_files import create_static_files_router
 
 from controlplane.console.admin_pages import admin_routes
+from controlplane.console.alert_pages import alert_routes
 from controlplane.console.enrollment_pages import EnrollmentHint, enrollment_routes
 from controlplane.console.errors import exception_handlers
 from controlplane.console.fleet_pages import fleet_routes
@@ -46,6 +47,7 @@ def console_router(
         *model_routes(services, gate, renderer, settings),
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
+        *alert_routes(services, gate, renderer),
         *admin_routes(services, gate, renderer),
         *enrollment_routes(services, gate, renderer, enrollment, on_revoke),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),

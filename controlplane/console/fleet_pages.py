@@ -204,15 +204,19 @@ def fleet_routes(
     renderer: Renderer,
     settings: ConsoleSettings,
 ) -> list[Any]:
+    def overview_with_alerts() -> tuple[tuple[SiteGroup, ...], int]:
+        return fleet_overview(services), len(services.alert_events.firing()[0])
+
     @get("/", include_in_schema=False)
     async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
         """The fleet at a glance; logged-out visitors are sent to /login."""
         login = await gate.login(request)
-        sites = await asyncio.to_thread(fleet_overview, services)
+        sites, firing = await asyncio.to_thread(overview_with_alerts)
         return renderer.page(
             "fleet.html",
             login=login,
             sites=sites,
+            firing=firing,
             fragment_path=FRAGMENT_PATH,
             refresh_seconds=settings.refresh_seconds,
         )
@@ -221,8 +225,8 @@ def fleet_routes(
     async def overview_fragment(request: Request[Any, Any, Any]) -> Response[Any]:
         """The overview's table alone, polled by console.js."""
         await gate.login(request)
-        sites = await asyncio.to_thread(fleet_overview, services)
-        return renderer.page("fleet_table.html", sites=sites)
+        sites, firing = await asyncio.to_thread(overview_with_alerts)
+        return renderer.page("fleet_table.html", sites=sites, firing=firing)
 
     async def agent_context(agent_id: str, range_name: str | None) -> dict[str, Any]:
         chosen = check_range(range_name)

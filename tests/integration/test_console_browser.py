@@ -150,6 +150,9 @@ def test_a_viewer_is_refused_publishing(page: Page, cp: RunningControlPlane) -> 
     assert response.status == 403
     assert "Only administrators" in response.text()
     assert live_version(cp) == before
+    page.get_by_role("link", name="Alerts").click()
+    expect(page.get_by_role("heading", name="Firing now")).to_be_visible()
+    page.screenshot(path=screenshot_path("alerts"), full_page=True)
     page.goto("/console/usage")
     expect(page.get_by_role("heading", name="Usage this month")).to_be_visible()
     page.screenshot(path=screenshot_path("usage"), full_page=True)

@@ -1,0 +1,93 @@
+"""The console's alerts page and the overview's count of firing alerts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from common.policy.alert_notify import AlertEvent, AlertState
+from tests.console_client import ConsoleClient
+from tests.console_fleet import (
+    PASSWORD,
+    add_users,
+    console_control_plane,
+    enroll_agent,
+    services_of,
+)
+from tests.controlplane_harness import RunningControlPlane
+
+POLICY_WITH_ALERTS = """\
+version: 1
+roles:
+  dev: {max_level: internal, targets: [here]}
+targets:
+  here: {type: local, model: smol}
+routes:
+  - {name: all, targets: [here]}
+alerts:
+  notify: [log, {webhook: "http://127.0.0.1:9/hook?token=sekrit"}]
+  rules:
+    - {name: flaky, metric: error_rate, op: ">", threshold: 0.05, window_s: 300,
+       action: enable_fallback}
+"""
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
+    data_dir = tmp_path_factory.mktemp("console-alerts")
+    with console_control_plane(data_dir, login_failures=1000) as running:
+        add_users(running)
+        yield running
+
+
+@pytest.fixture
+def viewer(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
+    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
+    assert user.login("vera", PASSWORD).status_code == 303
+    yield user
+    user.close()
+
+
+def event(rule: str, state: AlertState, key: str = "here") -> AlertEvent:
+    return AlertEvent(
+        rule=rule,
+        metric="error_rate",
+        scope="target",
+        key=key,
+        value=0.25 if state == "firing" else 0.01,
+        threshold=0.05,
+        op=">",
+        action="enable_fallback",
+        at=time.time(),
+        state=state,
+    )
+
+
+def test_the_page_shows_rules_firing_alerts_and_history(
+    cp: RunningControlPlane, viewer: ConsoleClient
+) -> None:
+    services = services_of(cp)
+    assert "no alert rules" in viewer.get("/console/alerts").text
+    services.policies.apply(POLICY_WITH_ALERTS, actor="test")
+    agent_id = enroll_agent(cp, "alerting-agent")
+    assert services.alert_events.record(event("flaky", "firing"), source=agent_id)
+    assert services.alert_events.record(event("<b>odd</b>", "firing", key="x"))
+    assert services.alert_events.record(event("<b>odd</b>", "cleared", key="x"))
+    page = viewer.get("/console/alerts").text
+    firing = page[page.index('id="alerts-firing"') : page.index("Rules</h2>")]
+    assert "flaky" in firing
+    assert "alerting-agent" in firing  # the agent's name, not its id
+    assert "0.25 &gt; 0.05" in firing
+    assert "odd" not in firing  # cleared since
+    recent = page[page.index('id="alerts-recent"') :]
+    assert recent.count('class="alert-event"') == 3
+    assert "&lt;b&gt;odd&lt;/b&gt;" in recent
+    assert "error_rate &gt; 0.05 per target over 300 s" in page
+    assert "log, webhook" in page
+    assert "sekrit" not in page  # a webhook URL may hold a secret: never shown
+    overview = viewer.get("/").text
+    assert "1 alert firing" in overview
+    services.alert_events.record(event("flaky", "cleared"), source=agent_id)
+    assert "alert firing" not in viewer.get("/console/fleet-fragment").text
