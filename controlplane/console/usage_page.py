@@ -1,4 +1,4 @@
-"""The usage page: this UTC month's requests, tokens and spend by team, route and data level."""
+"""The usage page: this UTC month's spend by team, route, level and day, and cloud savings."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from litestar import Request, get
 from litestar.response import Response
 
 from common.policy.costs import nanos_to_decimal
+from common.policy.document import parse_policy
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.rendering import Renderer
 from controlplane.services import ControlPlaneServices
-from controlplane.usage_reports import Totals, UsageReports, Window
+from controlplane.usage_reports import Totals, UsageReports, Window, cloud_equivalents
 
 
 @dataclass(frozen=True)
@@ -37,25 +38,89 @@ class LevelRow:
 
 
 @dataclass(frozen=True)
+class CloudRow:
+    """What this month's tokens would have cost on a cloud target of the live policy."""
+
+    target: str
+    model: str
+    cost: str
+    savings: str  # that cost minus the actual spend; negative: the cloud was cheaper
+
+
+@dataclass(frozen=True)
+class DayBar:
+    """One UTC day of the month as a bar of the requests chart (SVG coordinates)."""
+
+    day: str
+    requests: int
+    cost: str
+    x: float
+    y: float
+    height: float
+
+
+BARS_WIDTH, BARS_HEIGHT, DAYS_SHOWN = 600, 120, 31
+
+
+@dataclass(frozen=True)
 class UsageSummary:
     window: Window
     total: SpendRow
     by_team: tuple[SpendRow, ...]
     by_route: tuple[SpendRow, ...]
     by_level: tuple[LevelRow, ...]
+    days: tuple[DayBar, ...]
+    cloud: tuple[CloudRow, ...]
+    policy_version: int | None
     truncated: bool
 
 
 def money(nanos: int) -> str:
-    """Two decimals, or more when the amount is under a cent but not zero."""
+    """Six decimals under one unit of currency (requests cost fractions of a cent), else two."""
     amount = nanos_to_decimal(nanos)
-    if 0 < abs(amount) < 0.01:
-        return f"{amount:.6f}"
-    return f"{amount:.2f}"
+    if amount == 0:
+        return "0.00"
+    return f"{amount:.6f}" if abs(amount) < 1 else f"{amount:,.2f}"
 
 
 def _row(group: str, totals: Totals) -> SpendRow:
     return SpendRow(group, totals.requests, totals.refused, totals.tokens, money(totals.cost_nanos))
+
+
+def _days(reports: UsageReports, window: Window) -> tuple[tuple[DayBar, ...], bool]:
+    groups, truncated = reports.spend(window, ["outcome"], by_day=True)
+    days: dict[str, Totals] = {}
+    for group in groups:
+        day = str(group.key["day"])
+        days[day] = days.get(day, Totals()) + group.totals
+    shown = sorted(days.items())[-DAYS_SHOWN:]
+    most = max([t.requests for _, t in shown] + [1])
+    slot = BARS_WIDTH / DAYS_SHOWN
+    bars = tuple(
+        DayBar(
+            day=day,
+            requests=totals.requests,
+            cost=money(totals.cost_nanos),
+            x=round(index * slot + 1, 1),
+            y=round(BARS_HEIGHT - BARS_HEIGHT * totals.requests / most, 1),
+            height=round(BARS_HEIGHT * totals.requests / most, 1),
+        )
+        for index, (day, totals) in enumerate(shown)
+    )
+    return bars, truncated
+
+
+def _cloud(
+    services: ControlPlaneServices, actual: Totals
+) -> tuple[int | None, tuple[CloudRow, ...]]:
+    live = services.policies.live()
+    if live is None:
+        return None, ()
+    policy = parse_policy(live.document)
+    return live.version, tuple(
+        CloudRow(e.target, e.model, money(e.cost_nanos), money(e.cost_nanos - actual.cost_nanos))
+        for e in cloud_equivalents(policy, actual.prompt_tokens, actual.completion_tokens)
+    )
 
 
 def usage_summary(services: ControlPlaneServices) -> UsageSummary:
@@ -68,6 +133,8 @@ def usage_summary(services: ControlPlaneServices) -> UsageSummary:
     by_route, route_cut = reports.spend(window, ["route"])
     totals = reports.totals(window)
     levels = reports.by_level(window)
+    days, days_cut = _days(reports, window)
+    version, cloud = _cloud(services, totals)
     return UsageSummary(
         window=window,
         total=_row("all", totals),
@@ -84,7 +151,10 @@ def usage_summary(services: ControlPlaneServices) -> UsageSummary:
             )
             for level, level_totals in sorted(levels.items(), key=lambda item: item[0] or "")
         ),
-        truncated=team_cut or route_cut,
+        days=days,
+        cloud=cloud,
+        policy_version=version,
+        truncated=team_cut or route_cut or days_cut,
     )
 
 

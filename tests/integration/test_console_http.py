@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,6 @@ from sqlmodel import select
 
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from controlplane.db.models import AuditEvent
-from controlplane.usage_store import UsageStore
 from tests.console_client import ConsoleClient, csrf_token
 from tests.console_fleet import (
     BAD_POLICY,
@@ -24,7 +23,6 @@ from tests.console_fleet import (
     services_of,
 )
 from tests.controlplane_harness import RunningControlPlane
-from tests.usage_rows import ledger_row
 
 SCRIPT_NAME = "<script>document.title='pwned'</script>"
 
@@ -278,27 +276,6 @@ def test_repeated_failures_for_a_name_are_rate_limited(tmp_path: Path) -> None:
         assert statuses == [401, 401, 401, 429]
         assert user.login("ada", PASSWORD).status_code == 429  # blocked, even when right
         user.close()
-
-
-def test_the_usage_page_shows_this_months_spend_by_team_route_and_level(
-    cp: RunningControlPlane, admin: ConsoleClient
-) -> None:
-    store = UsageStore(services_of(cp).db)
-    now = datetime.now(UTC)
-    rows = [
-        ledger_row(at=now, request_id="u1", team="support", level="internal", route="home-r"),
-        ledger_row(at=now, request_id="u2", team="<b>sales</b>", level="confidential"),
-    ]
-    for row in rows:
-        assert store.record(row, source="console-test")
-    page = admin.get("/console/usage")
-    assert page.status_code == 200
-    assert "2 requests, 84 tokens, spend 0.002469" in page.text
-    assert "&lt;b&gt;sales&lt;/b&gt;" in page.text
-    assert "home-r" in page.text
-    levels = page.text[page.text.index("By data level") :]
-    assert "confidential" in levels
-    assert "50.0 %" in levels
 
 
 def test_the_agent_page_charts_telemetry_over_the_chosen_range(

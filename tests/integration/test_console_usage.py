@@ -1,0 +1,67 @@
+"""The console's usage page: this month by team, route, level and day, and cloud savings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from controlplane.usage_store import UsageStore
+from tests.console_client import ConsoleClient
+from tests.console_fleet import PASSWORD, add_users, console_control_plane, services_of
+from tests.controlplane_harness import RunningControlPlane
+from tests.policy_documents import CLOUD
+from tests.usage_rows import ledger_row
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
+    data_dir = tmp_path_factory.mktemp("console-usage")
+    with console_control_plane(data_dir, login_failures=1000) as running:
+        add_users(running)
+        yield running
+
+
+@pytest.fixture
+def viewer(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
+    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
+    assert user.login("vera", PASSWORD).status_code == 303
+    yield user
+    user.close()
+
+
+def test_an_empty_month_says_so(viewer: ConsoleClient) -> None:
+    page = viewer.get("/console/usage").text
+    assert "0 requests, 0 tokens, spend 0.00" in page
+    assert "No routing policy is live" in page
+
+
+def test_the_page_shows_this_months_spend_by_team_route_level_and_day(
+    cp: RunningControlPlane, viewer: ConsoleClient
+) -> None:
+    services_of(cp).policies.apply(CLOUD, actor="test")
+    store = UsageStore(services_of(cp).db)
+    now = datetime.now(UTC)
+    rows = [
+        ledger_row(at=now, request_id="u1", team="support", level="internal", route="home-r"),
+        ledger_row(at=now, request_id="u2", team="<b>sales</b>", level="confidential"),
+    ]
+    for row in rows:
+        assert store.record(row, source="console-test")
+    page = viewer.get("/console/usage").text
+    assert "2 requests, 84 tokens, spend 0.002469" in page
+    assert "&lt;b&gt;sales&lt;/b&gt;" in page
+    assert "<b>sales</b>" not in page
+    assert "home-r" in page
+    levels = page[page.index("By data level") :]
+    assert "confidential" in levels
+    assert "50.0 %" in levels
+    days = page[page.index('id="usage-days"') :]
+    assert f"{now:%Y-%m-%d}: 2 requests, spend 0.002469" in days
+    assert page.count('<rect class="bar"') == 1
+    cloud = page[page.index('id="usage-cloud"') :]
+    # 24 prompt tokens at 0.1 and 60 completion tokens at 0.2 per 1000, rounded up once
+    assert "<td>cloud</td><td>mini</td>" in cloud
+    assert "0.014400" in cloud
+    assert "0.011931" in cloud  # saved: 0.0144 - 0.002469
