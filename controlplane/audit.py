@@ -64,16 +64,20 @@ class AuditLog:
                 session, actor=actor, action=action, target=target, outcome=outcome, detail=detail
             )
 
-    def list(self, limit: int = 100, offset: int = 0) -> builtins.list[AuditEvent]:
-        """Newest first."""
+    def list(
+        self, limit: int = 100, offset: int = 0, *, target: str | None = None
+    ) -> builtins.list[AuditEvent]:
+        """Newest first; only the events about `target` (e.g. "agent:<id>") when given."""
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}")
         if offset < 0:
             raise InvalidArgument("offset must not be negative")
         with self._db.session() as session:
+            statement = select(AuditEvent)
+            if target is not None:
+                statement = statement.where(AuditEvent.target == target)
             statement = (
-                select(AuditEvent)
-                .order_by(col(AuditEvent.at).desc(), col(AuditEvent.id).desc())
+                statement.order_by(col(AuditEvent.at).desc(), col(AuditEvent.id).desc())
                 .offset(offset)
                 .limit(limit)
             )

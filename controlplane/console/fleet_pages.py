@@ -72,6 +72,32 @@ class MetricRow:
 
 
 @dataclass(frozen=True)
+class EventLine:
+    """Something that happened to or at the agent: an audited change or an alert."""
+
+    at: datetime
+    what: str
+    by: str
+    outcome: str
+
+
+RECENT_EVENTS = 20
+
+
+def recent_events(services: ControlPlaneServices, agent_id: str) -> tuple[EventLine, ...]:
+    """The agent's newest audit events (enrolment, labels, models, revocation) and alerts."""
+    audited = [
+        EventLine(e.at, e.action, e.actor, e.outcome)
+        for e in services.audit.list(RECENT_EVENTS, target=f"agent:{agent_id}")
+    ]
+    alerts = [
+        EventLine(e.at, f"alert {e.rule} ({e.scope}: {e.scope_key})", "agent", e.state)
+        for e in services.alert_events.events(limit=RECENT_EVENTS, filters={"source": agent_id})
+    ]
+    return tuple(sorted(audited + alerts, key=lambda e: e.at, reverse=True)[:RECENT_EVENTS])
+
+
+@dataclass(frozen=True)
 class AgentDetail:
     row: AgentRow
     agent: Agent
@@ -79,6 +105,7 @@ class AgentDetail:
     desired_models: tuple[tuple[str, str], ...]  # alias, source
     items: tuple[StatusItemRow, ...]
     metrics: tuple[MetricRow, ...]
+    events: tuple[EventLine, ...]
 
 
 def _values(sample: Sample, name: str) -> list[float]:
@@ -195,6 +222,7 @@ def agent_detail(services: ControlPlaneServices, agent_id: str) -> AgentDetail:
             for item in agent.status_items or []
         ),
         metrics=tuple(_metric(m) for m in sample.metrics) if sample is not None else (),
+        events=recent_events(services, agent_id),
     )
 
 

@@ -87,6 +87,9 @@ def test_the_page_shows_rules_firing_alerts_and_history(
     assert "error_rate &gt; 0.05 per target over 300 s" in page
     assert "log, webhook" in page
     assert "sekrit" not in page  # a webhook URL may hold a secret: never shown
+    agent_page = viewer.get(f"/console/agents/{agent_id}").text
+    assert "alert flaky (target: here)" in agent_page
+    assert "odd" not in agent_page  # the gateway's alert, not this agent's
     overview = viewer.get("/").text
     assert "1 alert firing" in overview
     services.alert_events.record(event("flaky", "cleared"), source=agent_id)

@@ -139,7 +139,14 @@ def test_an_admin_revokes_a_token_and_an_agent(
     response = admin.post(f"/console/agents/{agent_id}/revoke", {"csrf_token": token})
     assert response.status_code == 303
     assert services_of(cp).fleet.get(agent_id).revoked_at is not None
-    assert "revoked" in admin.get(f"/console/agents/{agent_id}").text
+    page = admin.get(f"/console/agents/{agent_id}").text
+    assert "revoked" in page
+    events = page[page.index('id="agent-events"') :]
+    actions = re.findall(
+        r'<tr class="agent-event"><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)<', events
+    )
+    assert actions[0] == ("agent.revoke", "ada")  # newest first, this agent's only
+    assert actions[-1][0] == "agent.enroll"
     missing = admin.post(f"/console/agents/{uuid.uuid4()}/revoke", {"csrf_token": token})
     assert missing.status_code == 404
     for value in ("", "abc"):
