@@ -13,6 +13,7 @@ from controlplane.console.enrollment_pages import EnrollmentHint, enrollment_rou
 from controlplane.console.errors import exception_handlers
 from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
+from controlplane.console.key_pages import key_routes
 from controlplane.console.login_routes import LoginLimiter, login_routes
 from controlplane.console.model_pages import model_routes
 from controlplane.console.policy_pages import policy_routes
@@ -49,6 +50,7 @@ def console_router(
         *usage_routes(services, gate, renderer),
         *alert_routes(services, gate, renderer),
         *admin_routes(services, gate, renderer),
+        *key_routes(services, gate, renderer),
         *enrollment_routes(services, gate, renderer, enrollment, on_revoke),
         create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR]),
     ]
