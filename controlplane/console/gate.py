@@ -18,6 +18,7 @@ from controlplane.settings import ConsoleSettings
 
 SESSION_COOKIE = "outpost_session"
 CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 20
 
@@ -64,6 +65,11 @@ class ConsoleGate:
         fields = await read_form(request)
         check_token(fields.get(CSRF_FIELD, ""), login.csrf_token)
         return fields
+
+    def check_header_token(self, request: Request[Any, Any, Any], login: ConsoleLogin) -> None:
+        """For a request whose body is not a form (a file upload from console.js): the CSRF
+        token travels in the X-CSRF-Token header."""
+        check_token(request.headers.get(CSRF_HEADER, ""), login.csrf_token)
 
     async def require(
         self, login: ConsoleLogin, level: Access, action: str, target: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from controlplane.console.rendering import Renderer, redirect
 from controlplane.console.sessions import ConsoleLogin
 from controlplane.model_assignments import TARGET_KINDS, AssignmentView, ServingParameters
 from controlplane.model_registry import RegisteredModelView
+from controlplane.model_store import BlobTooLarge
 from controlplane.rollouts import RolloutRow, rollout_status
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
@@ -24,6 +26,7 @@ from controlplane.settings import ConsoleSettings
 MODELS_PATH = "/console/models"
 ROLLOUTS_PATH = f"{MODELS_PATH}/rollouts"
 MAX_FORM_BYTES = 16 * 1024
+UPLOAD_TYPE = "application/octet-stream"
 MAX_REF_CHARS = 200
 MAX_TARGET_CHARS = 1000
 MAX_CONTEXT_LENGTH = 1_048_576
@@ -73,6 +76,7 @@ def model_routes(
         login: ConsoleLogin,
         *,
         error: str = "",
+        notice: str = "",
         status: int = 200,
         form: dict[str, str] | None = None,
     ) -> Response[str]:
@@ -88,6 +92,7 @@ def model_routes(
             rollouts_path=ROLLOUTS_PATH,
             refresh_seconds=settings.refresh_seconds,
             error=error,
+            notice=notice,
             form=form or {"model": "", "kind": "site", "target": "", "alias": "", "context": ""},
         )
 
@@ -147,4 +152,36 @@ def model_routes(
         await asyncio.to_thread(lambda: assignments.unassign(int(text), actor=login.principal.name))
         return redirect(MODELS_PATH)
 
-    return [show_models, rollouts_fragment, assign_model, unassign_model]
+    @post(
+        f"{MODELS_PATH}/import",
+        include_in_schema=False,
+        request_max_body_size=services.models.max_bytes,
+    )
+    async def import_model(request: Request[Any, Any, Any]) -> Response[Any]:
+        """A GGUF file as the raw body (console.js streams the chosen file), the CSRF token in
+        X-CSRF-Token, `name` and `filename` in the query; operators and admins."""
+        login = await gate.login(request)
+        gate.check_header_token(request, login)
+        await gate.require(login, Access.CHANGE, "model.import", "models")
+        if request.content_type[0] != UPLOAD_TYPE:
+            raise BadForm("Choose a model file; uploading it needs JavaScript in the browser.")
+        query = {k: request.query_params.get(k, "") for k in ("name", "filename")}
+        name = field(query, "name", "The name", max_chars=63, required=False) or None
+        filename = field(query, "filename", "The file name", max_chars=255, required=False)
+        try:
+            model = await services.models.import_stream_async(
+                _blocks(request), name=name, filename=filename or None, actor=login.principal.name
+            )
+        except BlobTooLarge as exc:
+            return await page(login, error=str(exc), status=413)
+        except InvalidArgument as exc:
+            return await page(login, error=str(exc), status=400)
+        return await page(login, notice=f"Imported {model.ref} (sha256:{model.sha256[:12]}…).")
+
+    return [show_models, rollouts_fragment, assign_model, unassign_model, import_model]
+
+
+async def _blocks(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+    async for block in request.stream():
+        if block:
+            yield block

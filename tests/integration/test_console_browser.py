@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,13 +165,13 @@ def test_a_viewer_is_refused_publishing(page: Page, cp: RunningControlPlane) -> 
 
 def report(cp: RunningControlPlane, agent_id: str, state: ItemState, **progress: Any) -> None:
     """What the agent would report about the model aliased "smol" (it never connects here)."""
-    (model,) = services_of(cp).models.list()
+    model = next(m for m in services_of(cp).models.list() if m.name == "tiny")
     item = ItemStatus("model", "smol", state, sha256=model.sha256, **progress)
     services_of(cp).fleet.record_status(agent_id, AgentStatus(1, (item,)))
 
 
 def test_an_operator_assigns_a_model_and_watches_its_rollout(
-    page: Page, cp: RunningControlPlane
+    page: Page, cp: RunningControlPlane, tmp_path: Path
 ) -> None:
     agent_id = enroll_agent(cp, "press-line", site="plant-9")
     log_in(page, "otto")
@@ -192,6 +193,10 @@ def test_an_operator_assigns_a_model_and_watches_its_rollout(
     report(cp, agent_id, ItemState.READY)
     expect(rollout).to_contain_text("ready")
     page.screenshot(path=screenshot_path("models"), full_page=True)
+    upload = write_gguf(tmp_path / "uploaded.gguf", context_length=128)
+    page.get_by_label("GGUF file").set_input_files(upload)
+    page.get_by_role("button", name="Import").click()
+    expect(page.locator("tr.registry-model", has_text="uploaded@1")).to_be_visible()
     rollout.get_by_role("link", name="press-line").click()
     live = page.locator("#agent-live")
     expect(live).to_contain_text("ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -133,7 +134,56 @@ def test_unassign_needs_a_number(cp: RunningControlPlane, operator: ConsoleClien
 def test_the_registry_lists_what_was_imported(cp: RunningControlPlane) -> None:
     viewer = logged_in(cp, "vera")
     page = viewer.get("/console/models")
-    (model,) = services_of(cp).models.list()
-    assert page.text.count('class="registry-model"') == 1
-    assert f"{model.sha256[:12]}…" in page.text
+    models = services_of(cp).models.list()
+    assert page.text.count('class="registry-model"') == len(models) >= 1
+    for model in models:
+        assert f"{model.sha256[:12]}…" in page.text
     viewer.close()
+
+
+def upload(user: ConsoleClient, content: bytes, token: str | None, **query: str) -> tuple[int, str]:
+    headers = {"Content-Type": "application/octet-stream"}
+    if token is not None:
+        headers["X-CSRF-Token"] = token
+    response = user.post("/console/models/import", content=content, headers=headers, params=query)
+    return response.status_code, response.text
+
+
+def test_an_operator_uploads_a_model_file(
+    cp: RunningControlPlane, operator: ConsoleClient, tmp_path: Path
+) -> None:
+    data = write_gguf(tmp_path / "second.gguf", context_length=512).read_bytes()
+    token = operator.page_token("/console/models")
+    status, page = upload(operator, data, token, filename="second.gguf")
+    assert status == 200
+    assert "Imported second@1" in page
+    names = {m.name for m in services_of(cp).models.list()}
+    assert "second" in names
+    status, page = upload(operator, b"not a gguf file at all", token, name="junk")
+    assert status == 400
+    assert "junk" not in {m.name for m in services_of(cp).models.list()}
+
+
+def test_uploads_need_the_token_the_role_and_a_raw_body(
+    cp: RunningControlPlane, operator: ConsoleClient, tmp_path: Path
+) -> None:
+    data = write_gguf(tmp_path / "third.gguf", context_length=1024).read_bytes()
+    before = len(services_of(cp).models.list())
+    status, page = upload(operator, data, None, name="third")
+    assert status == 403
+    assert "security token" in page
+    status, _ = upload(operator, data, "stale-token", name="third")
+    assert status == 403
+    token = operator.page_token("/console/models")
+    as_form = operator.post(
+        "/console/models/import",
+        {"file": "x"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert as_form.status_code == 400
+    assert "needs JavaScript" in as_form.text
+    viewer = logged_in(cp, "vera")
+    status, page = upload(viewer, data, viewer.page_token("/console/models"), name="third")
+    assert status == 403
+    viewer.close()
+    assert len(services_of(cp).models.list()) == before

@@ -33,7 +33,50 @@
       button.textContent = "Copied";
     });
   }
+  // A model file goes up as the raw request body, streamed by the browser (no multipart).
+  function upload(form, event) {
+    event.preventDefault();
+    var file = form.querySelector("input[type=file]").files[0];
+    var status = form.querySelector(".upload-status");
+    if (!file) {
+      status.textContent = "Choose a file first.";
+      return;
+    }
+    var query = new URLSearchParams({ filename: file.name });
+    var name = form.querySelector("input[name=name]").value.trim();
+    if (name) {
+      query.set("name", name);
+    }
+    status.textContent = "Uploading " + file.name + " …";
+    form.querySelector("button[type=submit]").disabled = true;
+    fetch(form.action + "?" + query.toString(), {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/octet-stream",
+        "X-CSRF-Token": form.dataset.csrfToken,
+      },
+      body: file,
+    }).then(function (response) {
+      return response.text().then(function (html) {
+        var page = new DOMParser().parseFromString(html, "text/html");
+        var message = page.querySelector("#models-notice, #models-error, #error-message");
+        if (response.ok) {
+          window.location.assign(window.location.pathname);
+          return;
+        }
+        status.textContent = message ? message.textContent : "HTTP " + response.status;
+        form.querySelector("button[type=submit]").disabled = false;
+      });
+    }).catch(function () {
+      status.textContent = "The upload failed: is the control plane reachable?";
+      form.querySelector("button[type=submit]").disabled = false;
+    });
+  }
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-upload]").forEach(function (form) {
+      form.addEventListener("submit", function (event) { upload(form, event); });
+    });
     document.querySelectorAll("[data-copy-target]").forEach(function (button) {
       button.addEventListener("click", function () { copy(button); });
     });
