@@ -168,6 +168,11 @@ class ControlPlaneServer:
                 f"{settings.host}:{settings.grpc_port}",
                 grpc.ssl_server_credentials([(key, chain)]),
             )
+        if not settings.console.secure_cookies:
+            log.warning(
+                "CONSOLE COOKIES WITHOUT 'Secure' (--insecure-cookies): a login can leak over "
+                "plain HTTP. Use this only for a local demo."
+            )
         http_socket = bind_listener(settings.host, settings.http_port)
         http_server = embedded_server(
             create_app(

@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import select
 
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
+from controlplane import cli
 from controlplane.db.models import AuditEvent
 from tests.console_client import ConsoleClient, csrf_token
 from tests.console_fleet import (
@@ -331,3 +332,24 @@ def test_validating_a_draft_shows_its_changes_against_the_live_version(
     )
     assert "the same as the live version" in same.text
     assert 'id="policy-diff"' not in same.text
+
+
+def test_insecure_cookies_drop_only_the_secure_flag(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(
+        ["serve", "--data-dir", str(tmp_path), "--insecure-cookies"]
+    )
+    settings = cli.build_settings(args)
+    assert settings.console.secure_cookies is False
+    default = cli.build_settings(cli.build_parser().parse_args(["serve", "--data-dir", "x"]))
+    assert default.console.secure_cookies is True
+    with console_control_plane(tmp_path, secure_cookies=False) as plain:
+        add_users(plain)
+        user = client(plain)
+        response = user.login("ada", PASSWORD)
+        session = next(
+            h for h in response.headers.get_list("set-cookie") if h.startswith("outpost_session=")
+        )
+        flags = {part.strip().lower() for part in session.split(";")[1:]}
+        assert "secure" not in flags
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
+        user.close()
