@@ -60,8 +60,15 @@ def page(browser: Browser, cp: RunningControlPlane) -> Iterator[Page]:
     )
     context.set_default_timeout(WAIT_MS)
     opened = context.new_page()
+    errors: list[str] = []  # a CSP violation or a script error shows here
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    opened.on("pageerror", lambda error: errors.append(str(error)))
     yield opened
     context.close()
+    # Answers the tests provoke (a wrong password, a refused or invalid form) are logged as
+    # failed loads; anything else (a missing asset, a CSP violation, a script error) fails.
+    expected = tuple(f"status of {status}" for status in (401, 403, 422))
+    assert [e for e in errors if not any(status in e for status in expected)] == []
 
 
 def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
