@@ -12,7 +12,13 @@ from litestar.datastructures import Cookie
 
 from controlplane.api.auth_guard import Access, allowed
 from controlplane.audit import AuditLog
-from controlplane.console.errors import BadForm, Forbidden, LoginRequired, StaleForm
+from controlplane.console.errors import (
+    FRAGMENT_HEADER,
+    BadForm,
+    Forbidden,
+    LoginRequired,
+    StaleForm,
+)
 from controlplane.console.sessions import ConsoleLogin, ConsoleSessions
 from controlplane.settings import ConsoleSettings
 
@@ -55,7 +61,12 @@ class ConsoleGate:
     async def login(self, request: Request[Any, Any, Any]) -> ConsoleLogin:
         """The logged-in user, or LoginRequired."""
         session_id = request.cookies.get(SESSION_COOKIE, "")
-        login = await asyncio.to_thread(self.sessions.resume, session_id) if session_id else None
+        touch = FRAGMENT_HEADER not in request.headers  # a background refresh is no use
+        login = (
+            await asyncio.to_thread(lambda: self.sessions.resume(session_id, touch=touch))
+            if session_id
+            else None
+        )
         if login is None:
             raise LoginRequired("Your session has ended: please log in.")
         return login

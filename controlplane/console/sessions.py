@@ -73,8 +73,11 @@ class ConsoleSessions:
             )
         return session_id
 
-    def resume(self, session_id: str) -> ConsoleLogin | None:
-        """The session's login, or None for a malformed, unknown, expired or disabled one."""
+    def resume(self, session_id: str, *, touch: bool = True) -> ConsoleLogin | None:
+        """The session's login, or None for a malformed, unknown, expired or disabled one.
+
+        `touch` False (a page's background refresh): the use does not keep the session from
+        going idle, so an unattended open page still logs out."""
         if (
             not session_id
             or len(session_id) > MAX_SESSION_ID_CHARS
@@ -99,7 +102,7 @@ class ConsoleSessions:
             ):
                 session.delete(record)
                 return None
-            if now - record.last_seen_at >= LAST_SEEN_RESOLUTION:
+            if touch and now - record.last_seen_at >= LAST_SEEN_RESOLUTION:
                 record.last_seen_at = now
                 session.add(record)
             principal = Principal(name=user.name, role=Role(user.role))

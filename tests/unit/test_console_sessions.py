@@ -63,6 +63,16 @@ def test_a_session_ends_when_idle(world: World) -> None:
     assert sessions.resume(session_id) is None
 
 
+def test_background_refreshes_do_not_keep_a_session_alive(world: World) -> None:
+    _, sessions, clock, user_id = world
+    session_id = sessions.start(user_id)
+    for _ in range(3):
+        clock.now += IDLE / 3 - timedelta(seconds=1)
+        assert sessions.resume(session_id, touch=False) is not None
+    clock.now += timedelta(seconds=10)
+    assert sessions.resume(session_id, touch=False) is None  # idle since the login
+
+
 def test_a_session_ends_at_its_absolute_expiry_however_busy(world: World) -> None:
     _, sessions, clock, user_id = world
     session_id = sessions.start(user_id)
