@@ -1,10 +1,11 @@
-"""The usage page: this UTC month's spend by team, route, level and day, and cloud savings."""
+"""The usage page: a UTC month's spend by team, route, level and day, and cloud savings."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Request, get
@@ -12,6 +13,7 @@ from litestar.response import Response
 
 from common.policy.costs import nanos_to_decimal
 from common.policy.document import parse_policy
+from controlplane.console.errors import BadForm
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.rendering import Renderer
 from controlplane.services import ControlPlaneServices
@@ -60,10 +62,14 @@ class DayBar:
 
 
 BARS_WIDTH, BARS_HEIGHT, DAYS_SHOWN = 600, 120, 31
+MONTH = re.compile(r"(\d{4})-(\d{2})")
 
 
 @dataclass(frozen=True)
 class UsageSummary:
+    month: str  # YYYY-MM
+    previous: str
+    following: str | None  # None: this is the current month
     window: Window
     total: SpendRow
     by_team: tuple[SpendRow, ...]
@@ -123,12 +129,42 @@ def _cloud(
     )
 
 
-def usage_summary(services: ControlPlaneServices) -> UsageSummary:
-    """Blocking: call in a thread."""
+def month_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(start: datetime) -> datetime:
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+
+
+def previous_month(start: datetime) -> datetime:
+    return month_start(start - timedelta(days=1))
+
+
+def parse_month(text: str | None, now: datetime) -> datetime:
+    """`YYYY-MM` (a month up to this one, the last 10 years), or this month; else BadForm."""
+    current = month_start(now)
+    if not text:
+        return current
+    match = MONTH.fullmatch(text)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise BadForm("The month must be given as YYYY-MM, e.g. 2026-11.")
+    start = datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC)
+    if not current.replace(year=current.year - 10) <= start <= current:
+        raise BadForm("The month must be this one or one of the ten years before it.")
+    return start
+
+
+def usage_summary(services: ControlPlaneServices, month: str | None = None) -> UsageSummary:
+    """This month's usage, or `month`'s (YYYY-MM); blocking: call in a thread."""
     reports = UsageReports(services.db)
-    end = services.usage.now()
-    start = end.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    window = Window(start, end)
+    now = services.usage.now()
+    start = parse_month(month, now)
+    window = Window(start, min(now, next_month(start)))
     by_team, team_cut = reports.spend(window, ["team"])
     by_route, route_cut = reports.spend(window, ["route"])
     totals = reports.totals(window)
@@ -136,6 +172,9 @@ def usage_summary(services: ControlPlaneServices) -> UsageSummary:
     days, days_cut = _days(reports, window)
     version, cloud = _cloud(services, totals)
     return UsageSummary(
+        month=f"{start:%Y-%m}",
+        previous=f"{previous_month(start):%Y-%m}",
+        following=f"{next_month(start):%Y-%m}" if next_month(start) <= now else None,
         window=window,
         total=_row("all", totals),
         by_team=tuple(_row(g.key["team"] or "-", g.totals) for g in by_team),
@@ -164,7 +203,8 @@ def usage_routes(
     @get("/console/usage", include_in_schema=False)
     async def usage_page(request: Request[Any, Any, Any]) -> Response[Any]:
         login = await gate.login(request)
-        summary = await asyncio.to_thread(usage_summary, services)
+        month = request.query_params.get("month")
+        summary = await asyncio.to_thread(usage_summary, services, month)
         return renderer.page("usage.html", login=login, summary=summary)
 
     return [usage_page]

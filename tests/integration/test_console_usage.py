@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -65,3 +66,26 @@ def test_the_page_shows_this_months_spend_by_team_route_level_and_day(
     assert "<td>cloud</td><td>mini</td>" in cloud
     assert "0.014400" in cloud
     assert "0.011931" in cloud  # saved: 0.0144 - 0.002469
+
+
+def test_an_earlier_month_is_one_click_back(cp: RunningControlPlane, viewer: ConsoleClient) -> None:
+    now = datetime.now(UTC)
+    last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
+    store = UsageStore(services_of(cp).db)
+    assert store.record(
+        ledger_row(at=last_month, request_id="old-1", team="archive-team"), source="console-test"
+    )
+    current = viewer.get("/console/usage").text
+    assert "archive-team" not in current
+    assert 'id="next-month"' not in current  # no future months
+    link = re.search(r'<a href="\?month=(\d{4}-\d{2})" id="previous-month">', current)
+    assert link is not None
+    assert link.group(1) == f"{last_month:%Y-%m}"
+    earlier = viewer.get(f"/console/usage?month={link.group(1)}").text
+    assert f"Usage in {last_month:%Y-%m}" in earlier
+    assert "archive-team" in earlier
+    assert f'href="?month={now:%Y-%m}" id="next-month"' in earlier
+    for bad in ("2026-13", "26-01", "next", f"{now.year + 1}-01", "1990-01"):
+        response = viewer.get(f"/console/usage?month={bad}")
+        assert response.status_code == 400, bad
+        assert "month" in response.text
