@@ -225,6 +225,9 @@ def test_an_admin_adds_a_user_and_reads_the_audit_log(page: Page) -> None:
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("tr.audit-event").first).to_contain_text("user.create")
     page.screenshot(path=screenshot_path("audit"), full_page=True)
+    page.get_by_role("link", name="Keys").click()
+    expect(page.locator("tr.api-key").first).to_contain_text("admin")  # the first admin's key
+    page.screenshot(path=screenshot_path("keys"), full_page=True)
     page.get_by_role("button", name="Log out").click()
     log_in(page, "auditor", password)
     expect(page.locator("header .who")).to_have_text("auditor (analyst)")
