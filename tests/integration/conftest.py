@@ -1,10 +1,20 @@
-"""Integration-test hooks: say where the console's browser screenshots were saved."""
+"""Integration-test hooks: the console tests' browser; say where their screenshots were saved."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
 
-from tests.browser import SCREENSHOTS
+import pytest
+from playwright.sync_api import Browser
+
+from tests.browser import SCREENSHOTS, chromium
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per test module (each test opens its own context)."""
+    with chromium() as launched:
+        yield launched
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

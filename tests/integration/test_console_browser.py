@@ -3,9 +3,6 @@ explain a policy, a viewer refused; screenshots of the main pages under test-art
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from common.control import AgentStatus, ItemState, ItemStatus
-from tests.browser import CHROMIUM, chromium, screenshot_path
+from tests.browser import console_page, log_in, needs_chromium, screenshot_path
 from tests.console_fleet import (
     BAD_POLICY,
     GOOD_POLICY,
@@ -29,12 +26,8 @@ from tests.console_fleet import (
 from tests.controlplane_harness import RunningControlPlane
 from tests.unit.test_gguf_info import write_gguf
 
-pytestmark = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK) and shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (make pytest installs it)",
-)
+pytestmark = needs_chromium
 SCRIPT_NAME = "<script>window.pwned = 1</script>"
-WAIT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
@@ -47,36 +40,10 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane
         yield running
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
 @pytest.fixture
 def page(browser: Browser, cp: RunningControlPlane) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{cp.ports.http}", viewport={"width": 1366, "height": 800}
-    )
-    context.set_default_timeout(WAIT_MS)
-    opened = context.new_page()
-    errors: list[str] = []  # a CSP violation or a script error shows here
-    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    yield opened
-    context.close()
-    # Answers the tests provoke (a wrong password, a refused or invalid form) are logged as
-    # failed loads; anything else (a missing asset, a CSP violation, a script error) fails.
-    expected = tuple(f"status of {status}" for status in (401, 403, 422))
-    assert [e for e in errors if not any(status in e for status in expected)] == []
-
-
-def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/login$"))  # logged out: sent to the login page
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
+    with console_page(browser, f"http://127.0.0.1:{cp.ports.http}") as opened:
+        yield opened
 
 
 def test_login_refuses_a_wrong_password_then_lets_the_user_in(page: Page) -> None:
