@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from common.control import AgentStatus, ItemState, ItemStatus
-from tests.browser import console_page, log_in, needs_chromium, screenshot_path
+from tests.browser import console_page, log_in, screenshot_path
 from tests.console_fleet import (
     BAD_POLICY,
     GOOD_POLICY,
@@ -26,7 +26,6 @@ from tests.console_fleet import (
 from tests.controlplane_harness import RunningControlPlane
 from tests.unit.test_gguf_info import write_gguf
 
-pytestmark = needs_chromium
 SCRIPT_NAME = "<script>window.pwned = 1</script>"
 
 

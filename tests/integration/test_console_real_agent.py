@@ -12,11 +12,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser import console_page, log_in, needs_chromium, screenshot_path
+from tests.browser import console_page, log_in, screenshot_path
 from tests.console_fleet import add_users, console_control_plane
 from tests.controlplane_harness import RunningControlPlane, managed_agent
 
-pytestmark = [pytest.mark.model, needs_chromium]
+pytestmark = pytest.mark.model
 ROLLOUT_MS = 180_000  # a real download, verification and load on a busy two-core machine
 UPLOAD_MS = 120_000  # ~100 MB streamed by the browser, hashed and checked by the control plane
 INSTALL = re.compile(

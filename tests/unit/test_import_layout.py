@@ -17,6 +17,7 @@ PROTOBUF_ALLOWED = {
     Path("common/proto_convert.py"),
     Path("agent/grpc_api.py"),
     Path("agent/control/client.py"),
+    Path("agent/control/lookups.py"),  # its unary calls (FindPeers, FindSiteAgent)
     Path("agent/artifacts/grpc_source.py"),  # the client side of ArtifactService
     Path("common/artifact_servicer.py"),  # its server side, run by both agents and the CP
     Path("controlplane/grpc/control.py"),
