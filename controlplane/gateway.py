@@ -28,10 +28,10 @@ from common.inference import (
 )
 from common.inference_key_grants import caller_for
 from common.policy.cloud_client import CloudClient, Endpoint
-from common.policy.forwarding import forward_to_agents, forwarding_headers
-from common.policy.gate import Credentials, PolicyGate
+from common.policy.forwarding import ServingAgent, forward_to_agents, forwarding_headers
+from common.policy.gate import Authenticate, Credentials, FindSiteAgents, PolicyGate
 from common.policy.gate_streams import sampling_body
-from common.policy.policy_model import LocalTarget
+from common.policy.policy_model import LocalTarget, SiteAgentTarget, Target
 from common.policy.routing import Caller, PolicyEngine
 from controlplane.gateway_state import GatewaySnapshot, GatewayState
 
@@ -48,15 +48,14 @@ class Gateway:
         self,
         state: GatewayState,
         cloud: CloudClient,
-        gate_for: Callable[
-            [Callable[[], PolicyEngine], Callable[[str | None], Caller | None]], PolicyGate
-        ],
+        gate_for: Callable[[Callable[[], PolicyEngine], Authenticate, FindSiteAgents], PolicyGate],
     ) -> None:
-        """`gate_for(engine, authenticate)` builds the policy gate (with the gateway's budgets,
-        alerts and ledger sink) over this gateway's view of the policy and the keys."""
+        """`gate_for(engine, authenticate, site_agents)` builds the policy gate (with the
+        gateway's budgets, alerts and ledger sink) over this gateway's view of the policy, the
+        keys and the agents."""
         self._state = state
         self._cloud = cloud
-        self.gate = gate_for(self._engine, self._authenticate)
+        self.gate = gate_for(self._engine, self._authenticate, self._find_site_agents)
 
     def _engine(self) -> PolicyEngine:
         snapshot = self._state.latest()
@@ -66,8 +65,14 @@ class Gateway:
         snapshot = self._state.latest()
         return caller_for(authorization, snapshot.keys) if snapshot is not None else None
 
+    async def _find_site_agents(self, agent: str) -> tuple[ServingAgent, ...]:
+        """A `site_agent` target's agent by id or name, if it is connected and forwardable."""
+        snapshot = self._state.latest()
+        return snapshot.agents.get(agent, ()) if snapshot is not None else ()
+
     def models(self) -> list[ModelInfo]:
-        """The live policy's targets by name: cloud ones, and local ones an agent serves now."""
+        """The live policy's targets by name: cloud ones, `local` ones when an agent serves the
+        model now, `site_agent` ones when their agent is connected and takes requests."""
         snapshot = self._state.fresh() or self._state.load()  # on a worker thread
         policy = snapshot.engine.policy
         if policy is None:
@@ -79,8 +84,7 @@ class Gateway:
                 architecture="",
                 context_length=0,
                 size_bytes=0,
-                ready=not isinstance(target, LocalTarget)
-                or bool(snapshot.serving.get(target.model)),
+                ready=_available(snapshot, target),
             )
             for target in policy.targets
         ]
@@ -145,6 +149,14 @@ class Gateway:
         headers = forwarding_headers(credentials.authorization, level)
         timeout_s = _local_timeout(snapshot, alias)
         return forward_to_agents(self._cloud, agents, alias, endpoint, body, headers, timeout_s)
+
+
+def _available(snapshot: GatewaySnapshot, target: Target) -> bool:
+    if isinstance(target, LocalTarget):
+        return bool(snapshot.serving.get(target.model))
+    if isinstance(target, SiteAgentTarget):
+        return bool(snapshot.agents.get(target.agent))
+    return True
 
 
 def _local_timeout(snapshot: GatewaySnapshot, alias: str) -> float:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from common.policy.alert_notify import AlertEvent, LogNotifier, Notifiers, WebhookNotifier
 from common.policy.cloud_client import CloudClient
-from common.policy.gate import PolicyGate
+from common.policy.gate import Authenticate, FindSiteAgents, PolicyGate
 from common.policy.ledger_record import LedgerRecord
 from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
-from common.policy.routing import Caller, PolicyEngine
+from common.policy.routing import PolicyEngine
 from controlplane.background_writer import BackgroundWriter
 from controlplane.gateway import Gateway
 from controlplane.gateway_state import GatewayState
@@ -48,7 +48,9 @@ class GatewayParts:
         alerts = RequestAlerts(Notifiers(LogNotifier(), webhooks), record=alert_events.record)
 
         def gate_for(
-            engine: Callable[[], PolicyEngine], authenticate: Callable[[str | None], Caller | None]
+            engine: Callable[[], PolicyEngine],
+            authenticate: Authenticate,
+            site_agents: FindSiteAgents,
         ) -> PolicyGate:
             return PolicyGate(
                 engine,
@@ -56,6 +58,7 @@ class GatewayParts:
                 cloud,
                 alerts=alerts,
                 ledger=ledger.record,
+                site_agents=site_agents,
                 local_targets_forwarded=True,  # served by forwarding to an agent
             )
 

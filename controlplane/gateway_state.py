@@ -25,6 +25,7 @@ class GatewaySnapshot:
     engine: PolicyEngine  # PolicyEngine(None) while no policy is applied
     keys: Mapping[str, InferenceKeyGrant]  # live inference keys by their sha256
     serving: Mapping[str, tuple[ServingAgent, ...]]  # model alias -> agents serving it now
+    agents: Mapping[str, tuple[ServingAgent, ...]]  # agent id or name -> those agents
     loaded_at: float
 
 
@@ -86,20 +87,25 @@ class GatewayState:
         self._engine = engine
         with services.db.session() as session:
             grants = live_inference_keys(session)
+        serving, agents = self._forwardable()
         snapshot = GatewaySnapshot(
             engine=engine,
             keys=MappingProxyType({grant.key_hash: grant for grant in grants}),
-            serving=MappingProxyType(self._serving()),
+            serving=MappingProxyType(serving),
+            agents=MappingProxyType(agents),
             loaded_at=started,
         )
         self._snapshot = snapshot
         return snapshot
 
-    def _serving(self) -> dict[str, tuple[ServingAgent, ...]]:
-        """Connected agents that take forwarded requests, by the models they serve (ready, or
-        still serving the previous version while the next one rolls out), most recently seen
-        first."""
+    def _forwardable(
+        self,
+    ) -> tuple[dict[str, tuple[ServingAgent, ...]], dict[str, tuple[ServingAgent, ...]]]:
+        """Connected agents that take forwarded requests, most recently seen first: by the
+        models they serve (ready, or still serving the previous version while the next one
+        rolls out), and by id and name (`site_agent` targets)."""
         serving: dict[str, list[ServingAgent]] = {}
+        named: dict[str, list[ServingAgent]] = {}
         agents = [
             agent
             for agent in self._services.fleet.list()
@@ -107,10 +113,16 @@ class GatewayState:
         ]
         agents.sort(key=lambda agent: agent.last_seen_at or agent.enrolled_at, reverse=True)
         for agent in agents:
+            entry = ServingAgent(agent.id, agent.inference_address)
+            for name in dict.fromkeys((agent.id, agent.name)):
+                named.setdefault(name, []).append(entry)
             for item in agent.status_items:
                 if item.get("kind") != "model":
                     continue
                 if item.get("state") == ItemState.READY.value or item.get("serving_sha256"):
-                    entry = ServingAgent(agent.id, agent.inference_address)
                     serving.setdefault(str(item.get("name", "")), []).append(entry)
-        return {alias: tuple(entries) for alias, entries in serving.items()}
+        return _tuples(serving), _tuples(named)
+
+
+def _tuples(lists: dict[str, list[ServingAgent]]) -> dict[str, tuple[ServingAgent, ...]]:
+    return {key: tuple(entries) for key, entries in lists.items()}

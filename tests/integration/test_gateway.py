@@ -28,7 +28,7 @@ CARD = "4111 1111 1111 1111"
 CLOUD_KEY = "sk-gateway-test"
 
 
-def policy(cloud_base_url: str) -> str:
+def policy(cloud_base_url: str, agent_id: str) -> str:
     return f"""
 version: 1
 detectors:
@@ -37,6 +37,7 @@ roles:
   analyst: {{max_level: confidential, targets: ["*"]}}
 targets:
   home: {{type: local, model: smol, max_level: restricted}}
+  shelf: {{type: site_agent, agent: "{agent_id}", model: smol, max_level: restricted}}
   cloud:
     type: cloud
     base_url: {cloud_base_url}
@@ -92,7 +93,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterato
             with cp.api() as api:
                 applied = api.put(
                     "/policy",
-                    content=policy(cloud.base_url),
+                    content=policy(cloud.base_url, agent_id),
                     headers={"Content-Type": "application/yaml"},
                 )
                 assert applied.status_code == 201, applied.text
@@ -192,7 +193,29 @@ def test_completions_and_models_are_served_too(fleet: Fleet) -> None:
     )
     assert completion.choices[0].text
     names = {m.id for m in client(fleet.gateway, fleet.key).models.list().data}
-    assert names == {"home", "cloud"}
+    assert names == {"home", "cloud", "shelf"}
+    listed = client(fleet.gateway, fleet.key).models.list().data
+    assert all(getattr(m, "ready", False) for m in listed)  # the agent serves, and is connected
+
+
+def test_a_site_agent_target_is_forwarded_to_the_agent_it_names(fleet: Fleet) -> None:
+    text = f"Card {CARD}. Count: 1, 2, 3,"
+    answer = client(fleet.gateway, fleet.key).chat.completions.create(
+        model="shelf",  # a policy target of that name goes first
+        messages=[{"role": "user", "content": text}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert answer.choices[0].message.content == chat(fleet.agent_http, fleet.key, text)
+
+    def latest_gateway_row() -> dict[str, Any]:
+        with fleet.cp.api() as api:
+            rows = api.get("/usage/records", params={"source": "gateway", "limit": 1}).json()
+        return dict(rows["records"][0]) if rows["records"] else {}
+
+    # The gateway writes its rows on a thread of their own: wait for this one.
+    wait_until(lambda: latest_gateway_row().get("target") == "shelf", "the gateway's row")
+    assert latest_gateway_row()["forwarded"] is True  # the agent's own row counts the request
 
 
 def test_a_level_above_the_role_is_refused_at_the_gateway(fleet: Fleet) -> None:
