@@ -11,6 +11,7 @@ from agent.control.identity import build_csr, generate_key
 from common.telemetry import Metric, Sample, SequencedSample, TelemetryBatch
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
+from tests.console_client import ConsoleClient
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.integration.test_control_plane_bad_input import enroll
 
@@ -46,6 +47,18 @@ def services_of(cp: RunningControlPlane) -> ControlPlaneServices:
 def add_users(cp: RunningControlPlane) -> None:
     for name, role in USERS.items():
         services_of(cp).users.create(name, role, PASSWORD, actor="test")
+
+
+def logged_out(cp: RunningControlPlane) -> ConsoleClient:
+    """A console user over plain HTTP who has not logged in."""
+    return ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
+
+
+def logged_in(cp: RunningControlPlane, name: str) -> ConsoleClient:
+    """A console user logged in as `name` (one of USERS)."""
+    user = logged_out(cp)
+    assert user.login(name, PASSWORD).status_code == 303
+    return user
 
 
 def enroll_agent(cp: RunningControlPlane, name: str, site: str = "") -> str:

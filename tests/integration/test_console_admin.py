@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.console_client import ConsoleClient
-from tests.console_fleet import PASSWORD, add_users, console_control_plane, services_of
+from tests.console_fleet import PASSWORD, logged_out, services_of
 from tests.controlplane_harness import RunningControlPlane
 
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-admin")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-def visitor(cp: RunningControlPlane) -> ConsoleClient:
-    return ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-
-
-@pytest.fixture
-def admin(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = visitor(cp)
-    assert user.login("ada", PASSWORD).status_code == 303
-    yield user
-    user.close()
 
 
 def change(user: ConsoleClient, action: str, name: str, role: str = "") -> tuple[int, str]:
@@ -47,14 +25,14 @@ def shown_password(page: str) -> str:
 
 
 def test_an_admin_creates_a_user_whose_password_is_shown_once(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     status, page = change(admin, "create", "newcomer", "operator")
     assert status == 200
     password = shown_password(page)
     assert len(password) >= 20
     assert password not in admin.get("/console/users").text  # never again
-    newcomer = visitor(cp)
+    newcomer = logged_out(console_cp)
     assert newcomer.login("newcomer", password).status_code == 303
     assert "newcomer (operator)" in newcomer.get("/").text
     status, page = change(admin, "password", "newcomer")
@@ -82,7 +60,7 @@ def test_an_admin_creates_a_user_whose_password_is_shown_once(
     ],
 )
 def test_bad_user_changes_are_refused(
-    cp: RunningControlPlane,
+    console_cp: RunningControlPlane,
     admin: ConsoleClient,
     action: str,
     name: str,
@@ -90,34 +68,36 @@ def test_bad_user_changes_are_refused(
     status: int,
     message: str,
 ) -> None:
-    before = services_of(cp).users.list()
+    before = services_of(console_cp).users.list()
     answered, page = change(admin, action, name, role)
     assert answered == status
     assert message in page
     assert HOSTILE not in page
     assert 'id="new-password"' not in page
-    assert services_of(cp).users.list() == before
+    assert services_of(console_cp).users.list() == before
 
 
 @pytest.mark.parametrize("name", ["vera", "otto"])
 def test_only_admins_see_or_change_users_and_the_audit_log(
-    cp: RunningControlPlane, name: str
+    console_cp: RunningControlPlane, name: str
 ) -> None:
-    user = visitor(cp)
+    user = logged_out(console_cp)
     assert user.login(name, PASSWORD).status_code == 303
     assert 'href="/console/users"' not in user.get("/").text
     assert user.get("/console/users").status_code == 403
     assert user.get("/console/audit").status_code == 403
-    before = services_of(cp).users.list()
+    before = services_of(console_cp).users.list()
     status, page = change(user, "create", "intruder", "admin")
     assert status == 403
     assert "Only administrators" in page
-    assert services_of(cp).users.list() == before
+    assert services_of(console_cp).users.list() == before
     user.close()
 
 
-def test_the_audit_log_shows_events_escaped(cp: RunningControlPlane, admin: ConsoleClient) -> None:
-    assert visitor(cp).login(HOSTILE, "some wrong password").status_code == 401
+def test_the_audit_log_shows_events_escaped(
+    console_cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    assert logged_out(console_cp).login(HOSTILE, "some wrong password").status_code == 401
     page = admin.get("/console/audit")
     assert page.status_code == 200
     assert "console.login" in page.text

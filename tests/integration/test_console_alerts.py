@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from common.policy.alert_notify import AlertEvent, AlertState
 from tests.console_client import ConsoleClient
 from tests.console_fleet import (
-    PASSWORD,
-    add_users,
-    console_control_plane,
     enroll_agent,
     services_of,
 )
@@ -34,22 +28,6 @@ alerts:
 """
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-alerts")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-@pytest.fixture
-def viewer(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-    assert user.login("vera", PASSWORD).status_code == 303
-    yield user
-    user.close()
-
-
 def event(rule: str, state: AlertState, key: str = "here") -> AlertEvent:
     return AlertEvent(
         rule=rule,
@@ -66,12 +44,12 @@ def event(rule: str, state: AlertState, key: str = "here") -> AlertEvent:
 
 
 def test_the_page_shows_rules_firing_alerts_and_history(
-    cp: RunningControlPlane, viewer: ConsoleClient
+    console_cp: RunningControlPlane, viewer: ConsoleClient
 ) -> None:
-    services = services_of(cp)
+    services = services_of(console_cp)
     assert "no alert rules" in viewer.get("/console/alerts").text
     services.policies.apply(POLICY_WITH_ALERTS, actor="test")
-    agent_id = enroll_agent(cp, "alerting-agent")
+    agent_id = enroll_agent(console_cp, "alerting-agent")
     assert services.alert_events.record(event("flaky", "firing"), source=agent_id)
     assert services.alert_events.record(event("<b>odd</b>", "firing", key="x"))
     assert services.alert_events.record(event("<b>odd</b>", "cleared", key="x"))

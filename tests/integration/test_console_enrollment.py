@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -14,37 +13,14 @@ import pytest
 from agent.control.identity import build_csr, generate_key
 from tests.console_client import ConsoleClient
 from tests.console_fleet import (
-    PASSWORD,
-    add_users,
-    console_control_plane,
     enroll_agent,
+    logged_in,
     services_of,
 )
 from tests.controlplane_harness import RunningControlPlane
 from tests.integration.test_control_plane_bad_input import enroll
 
 TOKEN = re.compile(r"opj_[A-Za-z0-9_-]+")
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-enrollment")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-def logged_in(cp: RunningControlPlane, name: str) -> ConsoleClient:
-    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-    assert user.login(name, PASSWORD).status_code == 303
-    return user
-
-
-@pytest.fixture
-def admin(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = logged_in(cp, "ada")
-    yield user
-    user.close()
 
 
 def create(user: ConsoleClient, **fields: str) -> tuple[int, str]:
@@ -54,12 +30,12 @@ def create(user: ConsoleClient, **fields: str) -> tuple[int, str]:
     return response.status_code, response.text
 
 
-def unused_tokens(cp: RunningControlPlane) -> int:
-    return len(services_of(cp).tokens.list())
+def unused_tokens(console_cp: RunningControlPlane) -> int:
+    return len(services_of(console_cp).tokens.list())
 
 
 def test_a_new_token_comes_with_its_install_command_once_and_enrolls_an_agent(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     status, page = create(admin, site="branch-7", labels="floor=2, gpu=yes", hours="2")
     assert status == 200
@@ -67,14 +43,14 @@ def test_a_new_token_comes_with_its_install_command_once_and_enrolls_an_agent(
     words = shlex.split(command.replace("&#39;", "'"))
     assert words[:2] == ["outpost-agent", "run"]
     options = dict(zip(words[2::2], words[3::2], strict=False))
-    assert options["--control-plane"] == f"localhost:{cp.ports.grpc}"
-    assert options["--ca-fingerprint"] == cp.fingerprint
+    assert options["--control-plane"] == f"localhost:{console_cp.ports.grpc}"
+    assert options["--ca-fingerprint"] == console_cp.fingerprint
     token = options["--join-token"]
     assert TOKEN.fullmatch(token)
     assert token not in admin.get("/console/enrollment").text  # shown once
     agent_id = str(uuid.uuid4())
-    enroll(cp, token, build_csr(generate_key(), agent_id), name="from-console")
-    agent = services_of(cp).fleet.get(agent_id)
+    enroll(console_cp, token, build_csr(generate_key(), agent_id), name="from-console")
+    agent = services_of(console_cp).fleet.get(agent_id)
     assert agent.site == "branch-7"
     assert agent.labels == {"floor": "2", "gpu": "yes"}
 
@@ -92,53 +68,53 @@ def test_a_new_token_comes_with_its_install_command_once_and_enrolls_an_agent(
     ],
 )
 def test_bad_tokens_are_refused(
-    cp: RunningControlPlane, admin: ConsoleClient, fields: dict[str, str], message: str
+    console_cp: RunningControlPlane, admin: ConsoleClient, fields: dict[str, str], message: str
 ) -> None:
-    before = unused_tokens(cp)
+    before = unused_tokens(console_cp)
     status, page = create(admin, **fields)
     assert status == 400
     assert message in page
     assert "<bad site>" not in page
-    assert unused_tokens(cp) == before
+    assert unused_tokens(console_cp) == before
 
 
 @pytest.mark.parametrize("name", ["vera", "otto"])
-def test_only_admins_create_tokens_or_revoke(cp: RunningControlPlane, name: str) -> None:
-    agent_id = enroll_agent(cp, f"kept-by-{name}")
-    user = logged_in(cp, name)
-    before = unused_tokens(cp)
+def test_only_admins_create_tokens_or_revoke(console_cp: RunningControlPlane, name: str) -> None:
+    agent_id = enroll_agent(console_cp, f"kept-by-{name}")
+    user = logged_in(console_cp, name)
+    before = unused_tokens(console_cp)
     status, page = create(user, site="x")
     assert status == 403
     assert "Only administrators" in page
-    assert unused_tokens(cp) == before
+    assert unused_tokens(console_cp) == before
     token = user.page_token(f"/console/agents/{agent_id}")
     assert "Revoke this agent" not in user.get(f"/console/agents/{agent_id}").text
     response = user.post(f"/console/agents/{agent_id}/revoke", {"csrf_token": token})
     assert response.status_code == 403
-    assert services_of(cp).fleet.get(agent_id).revoked_at is None
+    assert services_of(console_cp).fleet.get(agent_id).revoked_at is None
     user.close()
 
 
 def test_an_admin_revokes_a_token_and_an_agent(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     _, page = create(admin, site="short-lived")
     match = TOKEN.search(page)
     assert match is not None
-    (record,) = [t for t in services_of(cp).tokens.list() if t.site == "short-lived"]
+    (record,) = [t for t in services_of(console_cp).tokens.list() if t.site == "short-lived"]
     token = admin.page_token("/console/enrollment")
     revoked = admin.post(
         "/console/enrollment/tokens/revoke", {"csrf_token": token, "token_id": str(record.id)}
     )
     assert revoked.status_code == 303
     with pytest.raises(grpc.RpcError):
-        enroll(cp, match.group(0), build_csr(generate_key(), str(uuid.uuid4())))
-    agent_id = enroll_agent(cp, "to-be-revoked")
+        enroll(console_cp, match.group(0), build_csr(generate_key(), str(uuid.uuid4())))
+    agent_id = enroll_agent(console_cp, "to-be-revoked")
     page = admin.get(f"/console/agents/{agent_id}").text
     assert "Revoke this agent" in page
     response = admin.post(f"/console/agents/{agent_id}/revoke", {"csrf_token": token})
     assert response.status_code == 303
-    assert services_of(cp).fleet.get(agent_id).revoked_at is not None
+    assert services_of(console_cp).fleet.get(agent_id).revoked_at is not None
     page = admin.get(f"/console/agents/{agent_id}").text
     assert "revoked" in page
     events = page[page.index('id="agent-events"') :]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.console_fleet import (
     console_control_plane,
     enroll_agent,
     live_version,
+    logged_out,
     services_of,
 )
 from tests.controlplane_harness import RunningControlPlane
@@ -28,36 +28,8 @@ from tests.controlplane_harness import RunningControlPlane
 SCRIPT_NAME = "<script>document.title='pwned'</script>"
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-http")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-def client(cp: RunningControlPlane) -> ConsoleClient:
-    return ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-
-
-@pytest.fixture
-def admin(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = client(cp)
-    assert user.login("ada", PASSWORD).status_code == 303
-    yield user
-    user.close()
-
-
-@pytest.fixture
-def viewer(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = client(cp)
-    assert user.login("vera", PASSWORD).status_code == 303
-    yield user
-    user.close()
-
-
-def test_logged_out_visitors_are_sent_to_the_login_page(cp: RunningControlPlane) -> None:
-    visitor = client(cp)
+def test_logged_out_visitors_are_sent_to_the_login_page(console_cp: RunningControlPlane) -> None:
+    visitor = logged_out(console_cp)
     for path in ("/", "/console/policy", "/console/usage", "/console/fleet-fragment"):
         response = visitor.get(path)
         assert response.status_code == 303, path
@@ -68,9 +40,9 @@ def test_logged_out_visitors_are_sent_to_the_login_page(cp: RunningControlPlane)
 
 
 def test_login_sets_a_strict_session_cookie_and_the_pages_send_strict_headers(
-    cp: RunningControlPlane,
+    console_cp: RunningControlPlane,
 ) -> None:
-    user = client(cp)
+    user = logged_out(console_cp)
     response = user.login("ada", PASSWORD)
     assert response.status_code == 303
     assert response.headers["location"] == "/"
@@ -92,16 +64,16 @@ def test_login_sets_a_strict_session_cookie_and_the_pages_send_strict_headers(
 
 
 def test_a_wrong_password_or_unknown_user_is_refused_without_a_session(
-    cp: RunningControlPlane,
+    console_cp: RunningControlPlane,
 ) -> None:
-    user = client(cp)
+    user = logged_out(console_cp)
     for name, password in (("ada", "not the password"), ("nobody", PASSWORD)):
         response = user.login(name, password)
         assert response.status_code == 401
         assert "Wrong user name or password" in response.text
         assert "outpost_session" not in user.cookies
     assert user.get("/").status_code == 303
-    with services_of(cp).db.session() as session:
+    with services_of(console_cp).db.session() as session:
         denied = session.exec(
             select(AuditEvent).where(
                 AuditEvent.action == "console.login", AuditEvent.outcome == "denied"
@@ -111,7 +83,7 @@ def test_a_wrong_password_or_unknown_user_is_refused_without_a_session(
     user.close()
 
 
-def test_logout_ends_the_session(cp: RunningControlPlane, admin: ConsoleClient) -> None:
+def test_logout_ends_the_session(console_cp: RunningControlPlane, admin: ConsoleClient) -> None:
     session_id = admin.cookies["outpost_session"]
     response = admin.post("/logout", {"csrf_token": admin.page_token()})
     assert response.status_code == 303
@@ -120,9 +92,9 @@ def test_logout_ends_the_session(cp: RunningControlPlane, admin: ConsoleClient) 
 
 
 def test_a_form_without_or_with_a_stale_csrf_token_is_refused(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
-    before = live_version(cp)
+    before = live_version(console_cp)
     form = {"action": "publish", "document": GOOD_POLICY}
     missing = admin.post("/console/policy/edit", form)
     assert missing.status_code == 403
@@ -133,27 +105,29 @@ def test_a_form_without_or_with_a_stale_csrf_token_is_refused(
     refused = admin.post("/console/policy/edit", {**form, "csrf_token": stale})
     assert refused.status_code == 403
     assert "security token" in refused.text
-    assert live_version(cp) == before
+    assert live_version(console_cp) == before
 
 
-def test_a_login_form_without_its_token_is_refused(cp: RunningControlPlane) -> None:
-    user = client(cp)
+def test_a_login_form_without_its_token_is_refused(console_cp: RunningControlPlane) -> None:
+    user = logged_out(console_cp)
     response = user.post("/login", {"name": "ada", "password": PASSWORD})
     assert response.status_code == 403
     assert "outpost_session" not in user.cookies
     user.close()
 
 
-def test_a_viewer_cannot_publish_a_policy(cp: RunningControlPlane, viewer: ConsoleClient) -> None:
-    before = live_version(cp)
+def test_a_viewer_cannot_publish_a_policy(
+    console_cp: RunningControlPlane, viewer: ConsoleClient
+) -> None:
+    before = live_version(console_cp)
     page = viewer.get("/console/policy")
     assert 'value="publish"' not in page.text
     form = {"csrf_token": csrf_token(page.text), "action": "publish", "document": GOOD_POLICY}
     response = viewer.post("/console/policy/edit", form)
     assert response.status_code == 403
     assert "Only administrators" in response.text
-    assert live_version(cp) == before
-    with services_of(cp).db.session() as session:
+    assert live_version(console_cp) == before
+    with services_of(console_cp).db.session() as session:
         denied = session.exec(
             select(AuditEvent).where(AuditEvent.actor == "vera", AuditEvent.outcome == "denied")
         ).all()
@@ -164,19 +138,19 @@ def test_a_viewer_cannot_publish_a_policy(cp: RunningControlPlane, viewer: Conso
 
 
 def test_an_invalid_policy_shows_each_problem_with_its_line(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
-    before = live_version(cp)
+    before = live_version(console_cp)
     form = {"csrf_token": admin.page_token("/console/policy"), "action": "publish"}
     response = admin.post("/console/policy/edit", {**form, "document": BAD_POLICY})
     assert response.status_code == 422
     assert "line 7, column 27" in response.text
     assert "unknown target &#39;nowhere&#39;" in response.text
-    assert live_version(cp) == before
+    assert live_version(console_cp) == before
     published = admin.post("/console/policy/edit", {**form, "document": GOOD_POLICY})
     assert published.status_code == 200
     assert "Published as version" in published.text or "Unchanged" in published.text
-    assert live_version(cp) is not None
+    assert live_version(console_cp) is not None
 
 
 @pytest.mark.parametrize(
@@ -191,23 +165,23 @@ def test_an_invalid_policy_shows_each_problem_with_its_line(
     ],
 )
 def test_missing_malformed_and_oversized_fields_are_refused(
-    cp: RunningControlPlane,
+    console_cp: RunningControlPlane,
     admin: ConsoleClient,
     path: str,
     form: dict[str, str],
     status: int,
     message: str,
 ) -> None:
-    before = live_version(cp)
+    before = live_version(console_cp)
     response = admin.post(path, {**form, "csrf_token": admin.page_token("/console/policy")})
     assert response.status_code == status
     assert message in response.text
     assert response.headers["content-type"].startswith("text/html")
-    assert live_version(cp) == before
+    assert live_version(console_cp) == before
 
 
 def test_bodies_that_are_not_forms_or_too_large_are_refused(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     token = admin.page_token("/console/policy")
     as_json = admin.post(
@@ -230,7 +204,7 @@ def test_bodies_that_are_not_forms_or_too_large_are_refused(
     )
     assert huge.status_code == 413
     assert "larger than this page accepts" in huge.text
-    visitor = client(cp)
+    visitor = logged_out(console_cp)
     login_token = csrf_token(visitor.get("/login").text)
     long_name = visitor.post(
         "/login", {"csrf_token": login_token, "name": "a" * 64, "password": PASSWORD}
@@ -241,7 +215,7 @@ def test_bodies_that_are_not_forms_or_too_large_are_refused(
 
 
 def test_explain_shows_the_live_policys_decision(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     form = {"csrf_token": admin.page_token("/console/policy"), "action": "publish"}
     admin.post("/console/policy/edit", {**form, "document": GOOD_POLICY})
@@ -254,8 +228,10 @@ def test_explain_shows_the_live_policys_decision(
     assert "targets:  here" in response.text
 
 
-def test_names_are_escaped_on_every_page(cp: RunningControlPlane, admin: ConsoleClient) -> None:
-    agent_id = enroll_agent(cp, SCRIPT_NAME, site="escaping")
+def test_names_are_escaped_on_every_page(
+    console_cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    agent_id = enroll_agent(console_cp, SCRIPT_NAME, site="escaping")
     for path in ("/", "/console/fleet-fragment", f"/console/agents/{agent_id}"):
         page = admin.get(path)
         assert page.status_code == 200
@@ -272,7 +248,7 @@ def test_an_unknown_agent_is_a_404_page(admin: ConsoleClient) -> None:
 def test_repeated_failures_for_a_name_are_rate_limited(tmp_path: Path) -> None:
     with console_control_plane(tmp_path, login_failures=3) as limited:
         add_users(limited)
-        user = client(limited)
+        user = logged_out(limited)
         statuses = [user.login("ada", "wrong password!").status_code for _ in range(4)]
         assert statuses == [401, 401, 401, 429]
         assert user.login("ada", PASSWORD).status_code == 429  # blocked, even when right
@@ -280,10 +256,10 @@ def test_repeated_failures_for_a_name_are_rate_limited(tmp_path: Path) -> None:
 
 
 def test_the_agent_page_charts_telemetry_over_the_chosen_range(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
-    agent_id = enroll_agent(cp, "charted", site="charts")
-    now = services_of(cp).telemetry.now()
+    agent_id = enroll_agent(console_cp, "charted", site="charts")
+    now = services_of(console_cp).telemetry.now()
     samples = tuple(
         SequencedSample(
             seq,
@@ -298,7 +274,7 @@ def test_the_agent_page_charts_telemetry_over_the_chosen_range(
         )
         for seq in range(1, 6)
     )
-    services_of(cp).telemetry.ingest(agent_id, TelemetryBatch(samples))
+    services_of(console_cp).telemetry.ingest(agent_id, TelemetryBatch(samples))
     page = admin.get(f"/console/agents/{agent_id}?range=1h").text
     assert page.count("<polyline") == 2  # the CPU "total" series (not a core), tokens/s
     assert "CPU" in page
@@ -316,7 +292,7 @@ def test_the_agent_page_charts_telemetry_over_the_chosen_range(
 
 
 def test_validating_a_draft_shows_its_changes_against_the_live_version(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     form = {"csrf_token": admin.page_token("/console/policy"), "action": "publish"}
     admin.post("/console/policy/edit", {**form, "document": GOOD_POLICY})
@@ -344,7 +320,7 @@ def test_insecure_cookies_drop_only_the_secure_flag(tmp_path: Path) -> None:
     assert default.console.secure_cookies is True
     with console_control_plane(tmp_path, secure_cookies=False) as plain:
         add_users(plain)
-        user = client(plain)
+        user = logged_out(plain)
         response = user.login("ada", PASSWORD)
         session = next(
             h for h in response.headers.get_list("set-cookie") if h.startswith("outpost_session=")

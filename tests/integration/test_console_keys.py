@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from controlplane.auth import KEY_PATTERN
 from tests.console_client import ConsoleClient
-from tests.console_fleet import PASSWORD, add_users, console_control_plane, services_of
+from tests.console_fleet import logged_in, services_of
 from tests.controlplane_harness import RunningControlPlane
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-keys")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-def logged_in(cp: RunningControlPlane, name: str) -> ConsoleClient:
-    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-    assert user.login(name, PASSWORD).status_code == 303
-    return user
-
-
-@pytest.fixture
-def admin(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = logged_in(cp, "ada")
-    yield user
-    user.close()
 
 
 def post(client: ConsoleClient, path: str, fields: dict[str, str]) -> tuple[int, str]:
@@ -46,7 +24,7 @@ def new_key(page: str) -> str:
 
 
 def test_an_api_key_is_shown_once_works_and_is_revoked(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     status, page = post(
         admin, "/console/keys/api", {"action": "create", "user": "ci", "role": "operator"}
@@ -54,20 +32,20 @@ def test_an_api_key_is_shown_once_works_and_is_revoked(
     assert status == 200
     key = new_key(page)
     assert KEY_PATTERN.fullmatch(key)
-    with cp.api(key) as api:
+    with console_cp.api(key) as api:
         assert api.get("/agents").status_code == 200
     listing = admin.get("/console/keys").text
     assert key not in listing
     assert f"<code>{key[:8]}…</code>" in listing
-    (record,) = [k for k in services_of(cp).api_keys.list() if k.prefix == key[:8]]
+    (record,) = [k for k in services_of(console_cp).api_keys.list() if k.prefix == key[:8]]
     status, _ = post(admin, "/console/keys/api", {"action": "revoke", "key_id": str(record.id)})
     assert status == 200
-    with cp.api(key) as api:
+    with console_cp.api(key) as api:
         assert api.get("/agents").status_code == 401
 
 
 def test_an_inference_key_is_shown_once_then_by_prefix(
-    cp: RunningControlPlane, admin: ConsoleClient
+    console_cp: RunningControlPlane, admin: ConsoleClient
 ) -> None:
     fields = {"action": "create", "name": "helpdesk", "role": "dev", "team": "ops"}
     status, page = post(admin, "/console/keys/inference", fields)
@@ -76,13 +54,13 @@ def test_an_inference_key_is_shown_once_then_by_prefix(
     assert "warning:" in page  # no live policy has the role "dev" yet
     listing = admin.get("/console/keys").text
     assert key not in listing
-    (record,) = services_of(cp).inference_keys.list()
+    (record,) = services_of(console_cp).inference_keys.list()
     assert f"<code>{record.prefix}…</code>" in listing
     status, _ = post(
         admin, "/console/keys/inference", {"action": "revoke", "key_id": str(record.id)}
     )
     assert status == 200
-    assert services_of(cp).inference_keys.list() == []
+    assert services_of(console_cp).inference_keys.list() == []
 
 
 @pytest.mark.parametrize(
@@ -103,31 +81,37 @@ def test_an_inference_key_is_shown_once_then_by_prefix(
     ],
 )
 def test_bad_key_forms_are_refused(
-    cp: RunningControlPlane,
+    console_cp: RunningControlPlane,
     admin: ConsoleClient,
     path: str,
     fields: dict[str, str],
     status: int,
     message: str,
 ) -> None:
-    before = (len(services_of(cp).api_keys.list()), len(services_of(cp).inference_keys.list()))
+    before = (
+        len(services_of(console_cp).api_keys.list()),
+        len(services_of(console_cp).inference_keys.list()),
+    )
     answered, page = post(admin, path, fields)
     assert answered == status
     assert message in page
     assert 'id="new-key-value"' not in page
-    after = (len(services_of(cp).api_keys.list()), len(services_of(cp).inference_keys.list()))
+    after = (
+        len(services_of(console_cp).api_keys.list()),
+        len(services_of(console_cp).inference_keys.list()),
+    )
     assert after == before
 
 
 @pytest.mark.parametrize("name", ["vera", "otto"])
 def test_non_admins_see_inference_key_prefixes_only_and_change_nothing(
-    cp: RunningControlPlane, name: str
+    console_cp: RunningControlPlane, name: str
 ) -> None:
-    user = logged_in(cp, name)
+    user = logged_in(console_cp, name)
     page = user.get("/console/keys").text
     assert 'id="api-keys"' not in page
     assert 'id="inference-keys"' in page
-    before = len(services_of(cp).api_keys.list())
+    before = len(services_of(console_cp).api_keys.list())
     for path, fields in (
         ("/console/keys/api", {"action": "create", "user": "sneaky", "role": "admin"}),
         ("/console/keys/inference", {"action": "create", "name": "n", "role": "r", "team": "t"}),
@@ -135,5 +119,5 @@ def test_non_admins_see_inference_key_prefixes_only_and_change_nothing(
         status, page = post(user, path, fields)
         assert status == 403
         assert "Only administrators" in page
-    assert len(services_of(cp).api_keys.list()) == before
+    assert len(services_of(console_cp).api_keys.list()) == before
     user.close()

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from controlplane.usage_store import UsageStore
 from tests.console_client import ConsoleClient
-from tests.console_fleet import PASSWORD, add_users, console_control_plane, services_of
+from tests.console_fleet import services_of
 from tests.controlplane_harness import RunningControlPlane
 from tests.policy_documents import CLOUD
 from tests.usage_rows import ledger_row
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
-    data_dir = tmp_path_factory.mktemp("console-usage")
-    with console_control_plane(data_dir, login_failures=1000) as running:
-        add_users(running)
-        yield running
-
-
-@pytest.fixture
-def viewer(cp: RunningControlPlane) -> Iterator[ConsoleClient]:
-    user = ConsoleClient(f"http://127.0.0.1:{cp.ports.http}")
-    assert user.login("vera", PASSWORD).status_code == 303
-    yield user
-    user.close()
 
 
 def test_an_empty_month_says_so(viewer: ConsoleClient) -> None:
@@ -39,10 +20,10 @@ def test_an_empty_month_says_so(viewer: ConsoleClient) -> None:
 
 
 def test_the_page_shows_this_months_spend_by_team_route_level_and_day(
-    cp: RunningControlPlane, viewer: ConsoleClient
+    console_cp: RunningControlPlane, viewer: ConsoleClient
 ) -> None:
-    services_of(cp).policies.apply(CLOUD, actor="test")
-    store = UsageStore(services_of(cp).db)
+    services_of(console_cp).policies.apply(CLOUD, actor="test")
+    store = UsageStore(services_of(console_cp).db)
     now = datetime.now(UTC)
     rows = [
         ledger_row(at=now, request_id="u1", team="support", level="internal", route="home-r"),
@@ -68,10 +49,12 @@ def test_the_page_shows_this_months_spend_by_team_route_level_and_day(
     assert "0.011931" in cloud  # saved: 0.0144 - 0.002469
 
 
-def test_an_earlier_month_is_one_click_back(cp: RunningControlPlane, viewer: ConsoleClient) -> None:
+def test_an_earlier_month_is_one_click_back(
+    console_cp: RunningControlPlane, viewer: ConsoleClient
+) -> None:
     now = datetime.now(UTC)
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=15, hour=12)
-    store = UsageStore(services_of(cp).db)
+    store = UsageStore(services_of(console_cp).db)
     assert store.record(
         ledger_row(at=last_month, request_id="old-1", team="archive-team"), source="console-test"
     )
