@@ -3,22 +3,18 @@ or clipped, everything handled is acked, a replay stores nothing twice, the stre
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from sqlmodel import col, select
 
 from controlplane.db.models import AlertEventRow
 from outpost.v1 import control_pb2 as cpb
-from outpost.v1 import control_pb2_grpc as cpb_grpc
 from tests.controlplane_harness import RunningControlPlane
 from tests.integration.test_control_plane_bad_input import (
     cp,
     enroll_new,
     fleet,
-    hello,
-    mtls_channel,
+    sent_twice,
 )
 
 __all__ = ["cp", "fleet"]  # the fixtures, shared
@@ -50,21 +46,8 @@ def test_hostile_alert_events_are_checked_and_the_stream_stays_up(
         ],
         dropped=2,
     )
-    replied = threading.Event()
-
-    def requests() -> Iterator[cpb.AgentMessage]:
-        yield hello(enrolled.agent_id)
-        yield cpb.AgentMessage(alert_events=batch)
-        yield cpb.AgentMessage(alert_events=batch)  # replayed whole: nothing is stored twice
-        replied.wait(30)
-
-    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
-        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
-        replies = stub.Connect(requests(), timeout=30)
-        assert next(replies).HasField("desired_state")
-        acks = [next(replies).alert_event_ack.acked_seq for _ in range(2)]
-        replied.set()
-        replies.cancel()
+    # replayed whole: nothing is stored twice
+    acks = sent_twice(cp, enrolled, cpb.AgentMessage(alert_events=batch), "alert_event_ack")
     assert acks == [7, 7]  # everything handled, so the agent may forget all of it
     assert cp.server.services is not None
     with cp.server.services.db.session() as session:

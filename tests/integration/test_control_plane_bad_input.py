@@ -117,6 +117,29 @@ def connect_error(
     return error.value
 
 
+def sent_twice(
+    cp: RunningControlPlane, enrolled: Enrolled, message: cpb.AgentMessage, ack: str
+) -> list[int]:
+    """Sends `enrolled`'s hello, then `message` twice (a replay of the whole of it) on the real
+    control stream; answers the acked_seq of the reply field `ack` to each (the stream stays up)."""
+    replied = threading.Event()
+
+    def requests() -> Iterator[cpb.AgentMessage]:
+        yield hello(enrolled.agent_id)
+        yield message
+        yield message
+        replied.wait(30)
+
+    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
+        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
+        replies = stub.Connect(requests(), timeout=30)
+        assert next(replies).HasField("desired_state")
+        acks = [getattr(next(replies), ack).acked_seq for _ in range(2)]
+        replied.set()
+        replies.cancel()
+    return acks
+
+
 def agent_count(cp: RunningControlPlane) -> int:
     assert cp.server.services is not None
     with cp.server.services.db.session() as session:
@@ -359,21 +382,8 @@ def test_hostile_telemetry_is_counted_and_the_stream_stays_up(cp: RunningControl
         ],
         dropped=2,
     )
-    replied = threading.Event()
-
-    def requests() -> Iterator[cpb.AgentMessage]:
-        yield hello(enrolled.agent_id)
-        yield cpb.AgentMessage(telemetry=batch)
-        yield cpb.AgentMessage(telemetry=batch)  # replayed whole: nothing is stored twice
-        replied.wait(30)
-
-    with mtls_channel(cp, enrolled.key_pem, enrolled.certificate_pem) as channel:
-        stub = cpb_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
-        replies = stub.Connect(requests(), timeout=30)
-        assert next(replies).HasField("desired_state")
-        acks = [next(replies).telemetry_ack.acked_seq for _ in range(2)]
-        replied.set()
-        replies.cancel()
+    # replayed whole: nothing is stored twice
+    acks = sent_twice(cp, enrolled, cpb.AgentMessage(telemetry=batch), "telemetry_ack")
     assert acks == [9, 9]  # everything handled, so the agent may forget all of it
     assert cp.server.services is not None
     counters = cp.server.services.telemetry.counters(enrolled.agent_id)
