@@ -27,6 +27,9 @@ def collect_garbage_less_often() -> None:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    # httpx logs every request at INFO: one line per forwarded or cloud call is noise (and
+    # costs time on the gateway's hot path); its warnings still show.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_until_signalled(server: StoppableServer) -> None:

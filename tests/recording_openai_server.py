@@ -46,6 +46,7 @@ class Received:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    client_port: int = 0  # the caller's TCP port: the same one for requests on one connection
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -89,7 +90,8 @@ class RecordingApp:
             )
             return
         with self._state.lock:
-            self._state.received.append(Received(path, headers, bytes(body)))
+            client = scope.get("client") or ("", 0)
+            self._state.received.append(Received(path, headers, bytes(body), int(client[1])))
             behaviour = self._state.behaviour
         request = json.loads(body or b"{}")
         await self._answer(behaviour, path, request, send)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -220,6 +221,7 @@ class CloudClient:
                     if data is None:
                         raise TargetFailure(Outcome.ERROR, "the stream ended before [DONE]")
                     if data == "[DONE]":
+                        await _drain(events, deadline)  # to the end: the connection is reused
                         break
                     chunk = _json_object(data.encode(), "stream event")
                     if "error" in chunk:
@@ -324,6 +326,16 @@ async def _events(raw: AsyncIterator[bytes], settings: CloudClientSettings) -> A
             )
     if data:
         yield "\n".join(data)
+
+
+async def _drain(events: AsyncIterator[str], deadline: float) -> None:
+    """Reads what follows [DONE] (normally nothing) until the call's deadline, so httpx returns
+    the connection to its pool instead of closing it; anything wrong there (too much, too
+    slow, broken) only costs the connection, never the answer."""
+    with contextlib.suppress(TargetFailure, httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            async for _ in events:
+                pass
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:

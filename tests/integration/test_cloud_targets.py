@@ -171,6 +171,25 @@ def test_a_stream_passes_its_chunks_through_and_reads_the_usage_chunk(
     assert sent["model"] == "cloud-provider-model"
 
 
+def test_streams_one_after_another_reuse_one_connection(recording: RecordingOpenAI) -> None:
+    """The client reads each stream to its end, so its connection goes back to the pool (the
+    gateway forwards every request this way: a new connection each would cost a handshake)."""
+    recording.behave(Behaviour.STREAM)
+
+    async def main() -> None:
+        client = CloudClient(environ=ENVIRON)
+        try:
+            for _ in range(3):
+                chunks = client.stream(target(recording.base_url), Endpoint.CHAT, CHAT)
+                assert [chunk async for chunk in chunks]
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+    ports = {received.client_port for received in recording.received[-3:]}
+    assert len(ports) == 1, ports
+
+
 def test_a_stream_without_usage_is_estimated(recording: RecordingOpenAI) -> None:
     recording.behave(Behaviour.STREAM_WITHOUT_USAGE)
     _, usage = stream(target(recording.base_url))
