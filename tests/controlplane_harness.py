@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -147,6 +148,40 @@ def managed_agent(
     )
     settings = AgentSettings(host="127.0.0.1", grpc_port=0, http_port=0, state_dir=state_dir)
     return RunningAgent(settings, llama_factory(), companion, policy=companion), companion
+
+
+class ConnectedAgent(NamedTuple):
+    """A managed agent that is serving and connected to its control plane."""
+
+    running: RunningAgent
+    companion: ObservedManagedAgent
+    agent_id: str
+
+
+@contextmanager
+def connected_agent(
+    cp: RunningControlPlane, state_dir: Path, demo_model: Path, **options: Any
+) -> Iterator[ConnectedAgent]:
+    """A managed agent enrolled at `cp` (site "hq"), serving and connected, the demo model
+    assigned to it as smol (maybe not loaded yet); stopped on exit. `options` go to
+    `managed_agent`."""
+    running, companion = managed_agent(
+        state_dir, cp.enroll_address, cp.create_token(site="hq"), cp.fingerprint, **options
+    )
+    with running:
+        running.wait_until_serving()
+        wait_until(companion.link.connected.is_set, "the agent is connected")
+        with cp.api() as api:
+            agent_id = api.get("/agents").json()["agents"][0]["id"]
+        cp.assign_demo_model(demo_model, agent_id)
+        yield ConnectedAgent(running, companion, agent_id)
+
+
+def apply_policy(cp: RunningControlPlane, policy: str) -> None:
+    """Makes the YAML routing policy `policy` live at `cp` (through its API)."""
+    with cp.api() as api:
+        applied = api.put("/policy", content=policy, headers={"Content-Type": "application/yaml"})
+    assert applied.status_code == 201, applied.text
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from tests.controlplane_harness import (
     RunningControlPlane,
+    apply_policy,
+    connected_agent,
     controlplane_settings,
-    managed_agent,
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
@@ -57,25 +58,10 @@ def test_firings_on_the_agent_and_the_gateway_are_recorded_centrally(
     settings = controlplane_settings(tmp_path / "cp", None)
     with RecordingOpenAI() as cloud, RunningControlPlane(settings) as cp:
         cloud.behave(Behaviour.FAIL_500)
-        running, companion = managed_agent(
-            tmp_path / "agent",
-            cp.enroll_address,
-            cp.create_token(site="hq"),
-            cp.fingerprint,
-            inference_address="127.0.0.1:0",
-        )
-        with running:
-            running.wait_until_serving()
-            wait_until(companion.link.connected.is_set, "the agent is connected")
-            with cp.api() as api:
-                agent_id = api.get("/agents").json()["agents"][0]["id"]
-                cp.assign_demo_model(demo_model, agent_id)
-                applied = api.put(
-                    "/policy",
-                    content=POLICY % cloud.base_url,
-                    headers={"Content-Type": "application/yaml"},
-                )
-                assert applied.status_code == 201, applied.text
+        with connected_agent(
+            cp, tmp_path / "agent", demo_model, inference_address="127.0.0.1:0"
+        ) as (running, companion, agent_id):
+            apply_policy(cp, POLICY % cloud.base_url)
             key = create(cp, "dev", "dev", "platform")["key"]
             companion.wait_applied(desired_generation(cp, agent_id))
             gateway = f"http://127.0.0.1:{cp.ports.http}"

@@ -15,8 +15,9 @@ import pytest
 from tests.controlplane_harness import (
     ObservedManagedAgent,
     RunningControlPlane,
+    apply_policy,
+    connected_agent,
     controlplane_settings,
-    managed_agent,
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
@@ -72,35 +73,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterato
     with (
         RecordingOpenAI() as cloud,
         RunningControlPlane(settings, {"GATEWAY_CLOUD_KEY": CLOUD_KEY}) as cp,
+        connected_agent(cp, tmp / "agent", demo_model, inference_address="127.0.0.1:0") as agent,
     ):
-        running, companion = managed_agent(
-            tmp / "agent",
-            cp.enroll_address,
-            cp.create_token(site="hq"),
-            cp.fingerprint,
-            inference_address="127.0.0.1:0",
-        )
-        with running:
-            running.wait_until_serving()
-            wait_until(companion.link.connected.is_set, "the agent is connected")
-            with cp.api() as api:
-                agent_id = api.get("/agents").json()["agents"][0]["id"]
-                cp.assign_demo_model(demo_model, agent_id)
-            key = create(cp, "bi", "analyst", "finance")["key"]
-            # Before any policy is applied the gateway routes nothing.
-            with pytest.raises(openai.InternalServerError, match="no routing policy is applied"):
-                chat(f"http://127.0.0.1:{cp.ports.http}", key, "hello")
-            with cp.api() as api:
-                applied = api.put(
-                    "/policy",
-                    content=policy(cloud.base_url, agent_id),
-                    headers={"Content-Type": "application/yaml"},
-                )
-                assert applied.status_code == 201, applied.text
-            companion.wait_applied(desired_generation(cp, agent_id))
-            fleet = Fleet(cp, running.http_base, companion, cloud, key)
-            wait_until(lambda: _home_ready(fleet), "the gateway sees smol served", timeout=120)
-            yield fleet
+        key = create(cp, "bi", "analyst", "finance")["key"]
+        # Before any policy is applied the gateway routes nothing.
+        with pytest.raises(openai.InternalServerError, match="no routing policy is applied"):
+            chat(f"http://127.0.0.1:{cp.ports.http}", key, "hello")
+        apply_policy(cp, policy(cloud.base_url, agent.agent_id))
+        agent.companion.wait_applied(desired_generation(cp, agent.agent_id))
+        fleet = Fleet(cp, agent.running.http_base, agent.companion, cloud, key)
+        wait_until(lambda: _home_ready(fleet), "the gateway sees smol served", timeout=120)
+        yield fleet
 
 
 def client(base: str, key: str) -> openai.OpenAI:

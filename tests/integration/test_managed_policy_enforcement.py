@@ -9,8 +9,9 @@ import pytest
 
 from tests.controlplane_harness import (
     RunningControlPlane,
+    apply_policy,
+    connected_agent,
     controlplane_settings,
-    managed_agent,
     wait_until,
 )
 from tests.integration.test_inference_key_distribution import create, desired_generation
@@ -46,33 +47,22 @@ def test_policy_and_keys_from_the_control_plane_guard_the_agents_endpoints(
     tmp_path: Path, demo_model: Path
 ) -> None:
     settings = controlplane_settings(tmp_path / "cp", None)
-    with RunningControlPlane(settings) as cp:
-        running, companion = managed_agent(
-            tmp_path / "agent", cp.enroll_address, cp.create_token(site="hq"), cp.fingerprint
-        )
-        with running:
-            running.wait_until_serving()
-            wait_until(companion.link.connected.is_set, "the agent is connected")
-            with cp.api() as api:
-                agent_id = api.get("/agents").json()["agents"][0]["id"]
-                cp.assign_demo_model(demo_model, agent_id)
-            # No policy yet: the agent answers anyone, from its own models by alias.
-            wait_until(
-                lambda: _answers(running.http_base, "no-key"), "the agent serves smol", timeout=120
-            )
-            with cp.api() as api:
-                applied = api.put(
-                    "/policy", content=POLICY, headers={"Content-Type": "application/yaml"}
-                )
-                assert applied.status_code == 201, applied.text
-            key = create(cp, "helpdesk", "support-agent", "support")
-            companion.wait_applied(desired_generation(cp, agent_id))
+    with (
+        RunningControlPlane(settings) as cp,
+        connected_agent(cp, tmp_path / "agent", demo_model) as agent,
+    ):
+        base = agent.running.http_base
+        # No policy yet: the agent answers anyone, from its own models by alias.
+        wait_until(lambda: _answers(base, "no-key"), "the agent serves smol", timeout=120)
+        apply_policy(cp, POLICY)
+        key = create(cp, "helpdesk", "support-agent", "support")
+        agent.companion.wait_applied(desired_generation(cp, agent.agent_id))
 
-            with pytest.raises(openai.AuthenticationError):
-                chat(running.http_base, "no-key", "1, 2, 3,")
-            assert chat(running.http_base, key["key"], "1, 2, 3,")  # the local model answers
-            with pytest.raises(openai.PermissionDeniedError, match="may not send restricted"):
-                chat(running.http_base, key["key"], "hello", level="restricted")
+        with pytest.raises(openai.AuthenticationError):
+            chat(base, "no-key", "1, 2, 3,")
+        assert chat(base, key["key"], "1, 2, 3,")  # the local model answers
+        with pytest.raises(openai.PermissionDeniedError, match="may not send restricted"):
+            chat(base, key["key"], "hello", level="restricted")
 
 
 def _answers(base: str, key: str) -> bool:

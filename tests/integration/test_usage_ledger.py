@@ -13,6 +13,8 @@ import pytest
 
 from tests.controlplane_harness import (
     RunningControlPlane,
+    apply_policy,
+    connected_agent,
     controlplane_settings,
     managed_agent,
     wait_until,
@@ -54,19 +56,8 @@ def test_rows_reach_the_control_plane_once_also_after_an_outage(
     settings = controlplane_settings(tmp_path / "cp", None)
     with RunningControlPlane(settings) as cp:
         enroll_port = cp.ports.grpc
-        running, companion = managed_agent(
-            tmp_path / "agent", cp.enroll_address, cp.create_token(site="hq"), cp.fingerprint
-        )
-        with running:
-            running.wait_until_serving()
-            wait_until(companion.link.connected.is_set, "the agent is connected")
-            with cp.api() as api:
-                agent_id = api.get("/agents").json()["agents"][0]["id"]
-                cp.assign_demo_model(demo_model, agent_id)
-                applied = api.put(
-                    "/policy", content=POLICY, headers={"Content-Type": "application/yaml"}
-                )
-                assert applied.status_code == 201, applied.text
+        with connected_agent(cp, tmp_path / "agent", demo_model) as (running, companion, agent_id):
+            apply_policy(cp, POLICY)
             key = create(cp, "helpdesk", "support-agent", "support")
             metered = create(cp, "meter", "support-agent", "metered")
             companion.wait_applied(desired_generation(cp, agent_id))
