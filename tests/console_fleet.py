@@ -14,19 +14,12 @@ from controlplane.settings import ConsoleSettings
 from tests.console_client import ConsoleClient
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
 from tests.integration.test_control_plane_bad_input import enroll
+from tests.policy_documents import MINIMAL
 
 PASSWORD = "a long test password"
 USERS = {"ada": "admin", "otto": "operator", "vera": "viewer"}
-BAD_POLICY = """\
-version: 1
-roles:
-  dev: {max_level: internal, targets: [here]}
-targets:
-  here: {type: local, model: smol}
-routes:
-  - {name: all, targets: [nowhere]}
-"""
-GOOD_POLICY = BAD_POLICY.replace("[nowhere]", "[here]")
+GOOD_POLICY = MINIMAL
+BAD_POLICY = MINIMAL.replace("{name: all, targets: [here]}", "{name: all, targets: [nowhere]}")
 
 
 def console_control_plane(data_dir: Path, **console: object) -> RunningControlPlane:

@@ -6,26 +6,20 @@ import time
 
 from common.policy.alert_notify import AlertEvent, AlertState
 from tests.console_client import ConsoleClient
-from tests.console_fleet import (
-    enroll_agent,
-    services_of,
-)
+from tests.console_fleet import enroll_agent, services_of
 from tests.controlplane_harness import RunningControlPlane
+from tests.policy_documents import MINIMAL
 
-POLICY_WITH_ALERTS = """\
-version: 1
-roles:
-  dev: {max_level: internal, targets: [here]}
-targets:
-  here: {type: local, model: smol}
-routes:
-  - {name: all, targets: [here]}
+POLICY_WITH_ALERTS = (
+    MINIMAL
+    + """\
 alerts:
   notify: [log, {webhook: "http://127.0.0.1:9/hook?token=sekrit"}]
   rules:
     - {name: flaky, metric: error_rate, op: ">", threshold: 0.05, window_s: 300,
        action: enable_fallback}
 """
+)
 
 
 def event(rule: str, state: AlertState, key: str = "here") -> AlertEvent:

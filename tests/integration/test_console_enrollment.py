@@ -12,11 +12,7 @@ import pytest
 
 from agent.control.identity import build_csr, generate_key
 from tests.console_client import ConsoleClient
-from tests.console_fleet import (
-    enroll_agent,
-    logged_in,
-    services_of,
-)
+from tests.console_fleet import enroll_agent, logged_in, services_of
 from tests.controlplane_harness import RunningControlPlane
 from tests.integration.test_control_plane_bad_input import enroll
 

@@ -9,11 +9,7 @@ from sqlmodel import select
 
 from controlplane.db.models import AuditEvent
 from tests.console_client import ConsoleClient
-from tests.console_fleet import (
-    enroll_agent,
-    logged_in,
-    services_of,
-)
+from tests.console_fleet import enroll_agent, logged_in, services_of
 from tests.controlplane_harness import RunningControlPlane
 from tests.unit.test_gguf_info import write_gguf
 
