@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlmodel import col, select
-
 from controlplane.db.models import AlertEventRow
 from outpost.v1 import control_pb2 as cpb
 from tests.controlplane_harness import RunningControlPlane
@@ -15,6 +13,7 @@ from tests.integration.test_control_plane_bad_input import (
     enroll_new,
     fleet,
     sent_twice,
+    stored_from,
 )
 
 __all__ = ["cp", "fleet"]  # the fixtures, shared
@@ -49,16 +48,7 @@ def test_hostile_alert_events_are_checked_and_the_stream_stays_up(
     # replayed whole: nothing is stored twice
     acks = sent_twice(cp, enrolled, cpb.AgentMessage(alert_events=batch), "alert_event_ack")
     assert acks == [7, 7]  # everything handled, so the agent may forget all of it
-    assert cp.server.services is not None
-    with cp.server.services.db.session() as session:
-        stored = [
-            AlertEventRow.model_validate(r)
-            for r in session.exec(
-                select(AlertEventRow)
-                .where(AlertEventRow.source == enrolled.agent_id)
-                .order_by(col(AlertEventRow.seq))
-            )
-        ]
+    stored = stored_from(cp, AlertEventRow, enrolled.agent_id)
     assert [(r.seq, r.state) for r in stored] == [(1, "firing"), (7, "cleared")]
     assert (len(stored[0].rule), len(stored[0].reason)) == (63, 500)
     assert "\x00" not in stored[0].scope_key

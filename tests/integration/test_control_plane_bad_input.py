@@ -9,13 +9,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from agent.control.identity import build_csr, generate_key
-from controlplane.db.models import Agent, AuditEvent, JoinToken
+from controlplane.db.models import (
+    Agent,
+    AlertEventRow,
+    AuditEvent,
+    JoinToken,
+    UsageRecordRow,
+)
 from controlplane.pki import CertificateAuthority
 from controlplane.tokens import hash_token
 from outpost.v1 import control_pb2 as cpb
@@ -138,6 +145,17 @@ def sent_twice(
         replied.set()
         replies.cancel()
     return acks
+
+
+StoredRow = TypeVar("StoredRow", AlertEventRow, UsageRecordRow)
+
+
+def stored_from(cp: RunningControlPlane, table: type[StoredRow], source: str) -> list[StoredRow]:
+    """The rows of `table` the control plane stored from the agent `source`, by sequence."""
+    assert cp.server.services is not None
+    statement = select(table).where(table.source == source).order_by(col(table.seq))
+    with cp.server.services.db.session() as session:
+        return [table.model_validate(row) for row in session.exec(statement)]
 
 
 def agent_count(cp: RunningControlPlane) -> int:

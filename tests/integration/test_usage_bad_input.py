@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlmodel import col, select
-
 from controlplane.db.models import UsageRecordRow
 from outpost.v1 import control_pb2 as cpb
 from tests.controlplane_harness import RunningControlPlane
@@ -15,6 +13,7 @@ from tests.integration.test_control_plane_bad_input import (
     enroll_new,
     fleet,
     sent_twice,
+    stored_from,
 )
 
 __all__ = ["cp", "fleet"]  # the fixtures, shared
@@ -53,16 +52,7 @@ def test_hostile_usage_rows_are_checked_and_the_stream_stays_up(cp: RunningContr
     # replayed whole: nothing is stored twice
     acks = sent_twice(cp, enrolled, cpb.AgentMessage(usage=batch), "usage_ack")
     assert acks == [7, 7]  # everything handled, so the agent may forget all of it
-    assert cp.server.services is not None
-    with cp.server.services.db.session() as session:
-        stored = [
-            UsageRecordRow.model_validate(r)
-            for r in session.exec(
-                select(UsageRecordRow)
-                .where(UsageRecordRow.source == enrolled.agent_id)
-                .order_by(col(UsageRecordRow.seq))
-            )
-        ]
+    stored = stored_from(cp, UsageRecordRow, enrolled.agent_id)
     assert [r.seq for r in stored] == [1, 7]
     first, last = stored
     assert first.team == "x" * 63
