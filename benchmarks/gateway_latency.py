@@ -28,7 +28,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,6 @@ import gguf
 import httpx
 import numpy
 
-import agent.server as agent_server
-import common.embedded_http as embedded_http
-import controlplane.server as controlplane_server
 from agent.control.client import ControlLinkSettings
 from agent.engine.protocol import BackendDescription, ModelBackend, ResolvedSampling
 from agent.managed import ManagedAgent
@@ -152,13 +148,9 @@ def write_placeholder_model(path: Path) -> Path:
 # -- the servers, each in a process of its own ------------------------------------------------
 
 
-def _configure_child(log_path: Path, log_level: str, listener_nodelay: bool) -> None:
+def _configure_child(log_path: Path, log_level: str) -> None:
     _terminate_with_parent()
     logging.basicConfig(filename=str(log_path), level=log_level, format=LOG_FORMAT)
-    if listener_nodelay:
-        with_nodelay = _with_nodelay(embedded_http.bind_listener)
-        for server_module in (agent_server, controlplane_server):
-            vars(server_module)["bind_listener"] = with_nodelay
 
 
 def _terminate_with_parent() -> None:
@@ -166,19 +158,6 @@ def _terminate_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _with_nodelay(bind: Callable[[str, int], socket.socket]) -> Callable[[str, int], socket.socket]:
-    """`--listener-nodelay`: the HTTP listener with TCP_NODELAY, which the connections it accepts
-    inherit on Linux. `bind_listener` makes its socket with protocol 0, so asyncio's own
-    TCP_NODELAY (set only on sockets whose protocol is IPPROTO_TCP) is skipped."""
-
-    def bind_with_nodelay(host: str, port: int) -> socket.socket:
-        listener = bind(host, port)
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return listener
-
-    return bind_with_nodelay
 
 
 async def _serve_until_terminated(server: Any, ports_out: Connection, profile: Path | None) -> None:
@@ -202,12 +181,11 @@ async def _serve_until_terminated(server: Any, ports_out: Connection, profile: P
 def serve_control_plane(
     data_dir: Path,
     log_level: str,
-    listener_nodelay: bool,
     profile: Path | None,
     ports_out: Connection,
 ) -> None:
     """Child process: `outpost serve` on 127.0.0.1 with SQLite, until SIGTERM."""
-    _configure_child(data_dir.parent / "control-plane.log", log_level, listener_nodelay)
+    _configure_child(data_dir.parent / "control-plane.log", log_level)
     settings = ControlPlaneSettings(
         data_dir=data_dir, host=HOST, http_port=0, grpc_port=0, mtls_port=0, log_level=log_level
     )
@@ -220,12 +198,11 @@ def serve_agent(
     join_token: str,
     ca_fingerprint: str,
     log_level: str,
-    listener_nodelay: bool,
     profile: Path | None,
     ports_out: Connection,
 ) -> None:
     """Child process: a managed agent whose model backend is FixedAnswerBackend, until SIGTERM."""
-    _configure_child(state_dir.parent / "agent.log", log_level, listener_nodelay)
+    _configure_child(state_dir.parent / "agent.log", log_level)
     link = ControlLinkSettings(
         control_plane=enroll_address, join_token=join_token, ca_fingerprint=ca_fingerprint
     )
@@ -338,7 +315,6 @@ def enroll_and_configure(
             join_token,
             fingerprint,
             args.log_level,
-            args.listener_nodelay,
             None if args.profile is None else Path(args.profile) / "agent.prof",
         )
 
@@ -849,7 +825,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers,
             "client": args.client,
             "log_level": args.log_level,
-            "listener_nodelay": args.listener_nodelay,
         },
         "machine": machine(),
         "code": code_version(),
@@ -862,8 +837,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"{args.duration:g} s counted after {args.warmup:g} s of warm-up per rate; "
         f"{args.workers} load process(es), {args.client} client; servers log at "
-        f"{args.log_level}; TCP_NODELAY on the listeners: "
-        f"{'set by the benchmark' if args.listener_nodelay else 'no (as shipped)'}"
+        f"{args.log_level}"
     )
     code = report["code"]
     print(f"code: {code['commit'][:12]}, {len(code['uncommitted'])} uncommitted change(s)")
@@ -874,7 +848,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             serve_control_plane,
             work_dir / "control-plane",
             args.log_level,
-            args.listener_nodelay,
             None if args.profile is None else Path(args.profile) / "control-plane.prof",
         )
         agent: ServerProcess | None = None
@@ -934,11 +907,6 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", metavar="DIR", help="cProfile both servers' event loops into DIR/*.prof"
-    )
-    parser.add_argument(
-        "--listener-nodelay",
-        action="store_true",
-        help="set TCP_NODELAY on both servers' HTTP listeners (not done as shipped)",
     )
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
