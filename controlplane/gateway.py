@@ -33,6 +33,7 @@ from common.policy.gate import Authenticate, Credentials, FindSiteAgents, Policy
 from common.policy.gate_streams import sampling_body
 from common.policy.policy_model import LocalTarget, SiteAgentTarget, Target
 from common.policy.routing import Caller, PolicyEngine
+from controlplane.gateway_admission import InFlightLimit
 from controlplane.gateway_state import GatewaySnapshot, GatewayState
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Gateway:
         keys and the agents."""
         self._state = state
         self._cloud = cloud
+        self.limit = InFlightLimit()
         self.gate = gate_for(self._engine, self._authenticate, self._find_site_agents)
 
     def _engine(self) -> PolicyEngine:
@@ -100,12 +102,11 @@ class Gateway:
             sent = {**body, "model": alias, "prompt": parts[0]}
             return self._forward(snapshot, alias, Endpoint.COMPLETIONS, sent, credentials, level)
 
-        return await self.gate.completion(
-            snapshot.engine,
-            request,
-            credentials,
-            start_local,
-            _max_tokens(request.sampling.max_tokens),
+        max_tokens = _max_tokens(request.sampling.max_tokens)
+        return await self.limit.run(
+            lambda: self.gate.completion(
+                snapshot.engine, request, credentials, start_local, max_tokens
+            )
         )
 
     async def start_chat(self, request: ChatRequest, credentials: Credentials) -> EventStream:
@@ -119,12 +120,9 @@ class Gateway:
             sent = {**sampling, "model": alias, "messages": messages}
             return self._forward(snapshot, alias, Endpoint.CHAT, sent, credentials, level)
 
-        return await self.gate.chat(
-            snapshot.engine,
-            request,
-            credentials,
-            start_local,
-            _max_tokens(request.sampling.max_tokens),
+        max_tokens = _max_tokens(request.sampling.max_tokens)
+        return await self.limit.run(
+            lambda: self.gate.chat(snapshot.engine, request, credentials, start_local, max_tokens)
         )
 
     async def _routable(self) -> GatewaySnapshot:
