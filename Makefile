@@ -1,6 +1,8 @@
 # Outpost: `make demo` runs it, `make test` checks it. Both set everything up themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The ten slowest tests are listed at the end of every run (the suite's time is watched).
+PYTEST_ARGS ?= --durations=10
 # Portable llama.cpp build: a native one crashes in AMX code on some CPUs, and a package for
 # many sites' CPUs needs it anyway.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF
