@@ -9,15 +9,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request, get, post
 from litestar.params import Parameter
 from litestar.response import Response
 
+from common.errors import InvalidArgument
 from common.telemetry import Metric, Sample
+from controlplane.api.auth_guard import Access
 from controlplane.console.charts import RANGES, agent_charts, check_range
-from controlplane.console.gate import ConsoleGate
-from controlplane.console.rendering import Renderer
+from controlplane.console.errors import BadForm
+from controlplane.console.gate import ConsoleGate, field
+from controlplane.console.rendering import Renderer, redirect
+from controlplane.console.sessions import ConsoleLogin
 from controlplane.db.models import Agent
+from controlplane.desired_state_checks import MAX_LABELS
+from controlplane.fleet import AgentRevoked
 from controlplane.liveness import Health
 from controlplane.services import ControlPlaneServices
 from controlplane.settings import ConsoleSettings
@@ -25,6 +31,8 @@ from controlplane.settings import ConsoleSettings
 NO_SITE = "(no site)"
 FRAGMENT_PATH = "/console/fleet-fragment"
 MAX_AGENT_ID_CHARS = 64
+MAX_LABELS_FORM_BYTES = 16 * 1024
+MAX_LABELS_CHARS = MAX_LABELS * 128  # key=value lines of at most 63 + 1 + 63 + 1 characters
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,29 @@ def agent_detail(services: ControlPlaneServices, agent_id: str) -> AgentDetail:
     )
 
 
+def labels_text(labels: dict[str, str]) -> str:
+    """An agent's labels as the label editor shows them: one `key=value` a line, by key."""
+    return "".join(f"{key}={value}\n" for key, value in sorted(labels.items()))
+
+
+def parse_label_lines(text: str) -> dict[str, str]:
+    """`key=value` a line (blank lines skipped); BadForm names the first malformed line. What a
+    valid key or value is, and how many there may be, is the fleet service's to say."""
+    labels: dict[str, str] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise BadForm(f"Line {number} is not key=value: {line[:80]!r}.")
+        if key in labels:
+            raise BadForm(f"Line {number}: the label {key[:63]!r} is given twice.")
+        labels[key] = value
+    return labels
+
+
 def fleet_routes(
     services: ControlPlaneServices,
     gate: ConsoleGate,
@@ -269,6 +300,29 @@ def fleet_routes(
 
         return await asyncio.to_thread(load)
 
+    async def agent_html(
+        login: ConsoleLogin,
+        agent_id: str,
+        range_name: str | None,
+        *,
+        status: int = 200,
+        label_error: str = "",
+        label_draft: str | None = None,
+    ) -> Response[Any]:
+        context = await agent_context(agent_id, range_name)
+        detail: AgentDetail = context["detail"]
+        return renderer.page(
+            "agent.html",
+            status=status,
+            login=login,
+            refresh_seconds=settings.refresh_seconds,
+            can_label=login.principal.role.can_change() and detail.agent.revoked_at is None,
+            label_error=label_error,
+            label_text=labels_text(detail.agent.labels) if label_draft is None else label_draft,
+            max_labels_chars=MAX_LABELS_CHARS,
+            **context,
+        )
+
     @get("/console/agents/{agent_id:str}", include_in_schema=False)
     async def agent_page(
         request: Request[Any, Any, Any],
@@ -276,10 +330,45 @@ def fleet_routes(
     ) -> Response[Any]:
         """One agent: identity, hardware, models and rollout, telemetry charts over a range."""
         login = await gate.login(request)
-        context = await agent_context(agent_id, request.query_params.get("range"))
-        return renderer.page(
-            "agent.html", login=login, refresh_seconds=settings.refresh_seconds, **context
+        return await agent_html(login, agent_id, request.query_params.get("range"))
+
+    @post(
+        "/console/agents/{agent_id:str}/labels",
+        include_in_schema=False,
+        request_max_body_size=MAX_LABELS_FORM_BYTES,
+    )
+    async def set_labels(
+        request: Request[Any, Any, Any],
+        agent_id: str = Parameter(max_length=MAX_AGENT_ID_CHARS),
+    ) -> Response[Any]:
+        """Replaces the agent's labels with the form's `key=value` lines (operators and admins,
+        as PUT /api/v1/agents/{id}/labels); a refusal is shown on the agent page."""
+        login = await gate.login(request)
+        fields = await gate.form(request, login)
+        await gate.require(login, Access.CHANGE, "agent.set_labels", f"agent:{agent_id}")
+        draft = "".join(
+            c for c in fields.get("labels", "")[:MAX_LABELS_CHARS] if c.isprintable() or c == "\n"
         )
+        try:
+            text = field(
+                fields,
+                "labels",
+                "The labels",
+                max_chars=MAX_LABELS_CHARS,
+                required=False,
+                multiline=True,
+            )
+            labels = parse_label_lines(text)
+            name = login.principal.name
+            await asyncio.to_thread(lambda: services.fleet.set_labels(agent_id, labels, actor=name))
+        except (BadForm, InvalidArgument) as exc:
+            message = exc.message if isinstance(exc, BadForm) else str(exc)
+            return await agent_html(
+                login, agent_id, None, status=400, label_error=message, label_draft=draft
+            )
+        except AgentRevoked as exc:
+            return await agent_html(login, agent_id, None, status=409, label_error=str(exc))
+        return redirect(f"/console/agents/{agent_id}")
 
     @get("/console/agents/{agent_id:str}/live", include_in_schema=False)
     async def agent_fragment(
@@ -291,4 +380,4 @@ def fleet_routes(
         context = await agent_context(agent_id, request.query_params.get("range"))
         return renderer.page("agent_live.html", **context)
 
-    return [overview, overview_fragment, agent_page, agent_fragment]
+    return [overview, overview_fragment, agent_page, set_labels, agent_fragment]

@@ -1,0 +1,134 @@
+"""What the REST API does that the console must do too: agent labels, deleting a registry model
+and the routing policy's version history; each with the REST route's role rule and CSRF."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import select
+
+from controlplane.db.models import AuditEvent
+from tests.console_client import ConsoleClient
+from tests.console_fleet import enroll_agent, services_of
+from tests.controlplane_harness import RunningControlPlane
+
+HOSTILE = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+@pytest.fixture(scope="module")
+def agent_id(console_cp: RunningControlPlane) -> str:
+    agent = enroll_agent(console_cp, "labelled", site="plant-9")
+    services_of(console_cp).fleet.set_labels(agent, {"zone": "a"}, actor="test")
+    return agent
+
+
+def labels_of(cp: RunningControlPlane, agent: str) -> dict[str, str]:
+    return dict(services_of(cp).fleet.get(agent).labels)
+
+
+def post_labels(user: ConsoleClient, agent: str, text: str, token: str = "") -> tuple[int, str]:
+    path = f"/console/agents/{agent}"
+    form = {"csrf_token": token or user.page_token(path), "labels": text}
+    response = user.post(f"{path}/labels", form)
+    return response.status_code, response.text
+
+
+def denied_actions(cp: RunningControlPlane, actor: str) -> list[str]:
+    with services_of(cp).db.session() as session:
+        events = session.exec(
+            select(AuditEvent).where(AuditEvent.actor == actor, AuditEvent.outcome == "denied")
+        ).all()
+    return [event.action for event in events]
+
+
+def test_an_operator_replaces_an_agents_labels(
+    console_cp: RunningControlPlane, operator: ConsoleClient, agent_id: str
+) -> None:
+    page = operator.get(f"/console/agents/{agent_id}")
+    assert 'id="labels-editor"' in page.text
+    assert "zone=a\n</textarea>" in page.text
+    status, _ = post_labels(operator, agent_id, "zone=b\r\n\r\n  gpu = a100 \nrack=r-7\n")
+    assert status == 303
+    assert labels_of(console_cp, agent_id) == {"gpu": "a100", "rack": "r-7", "zone": "b"}
+    page = operator.get(f"/console/agents/{agent_id}")
+    assert "gpu=a100 rack=r-7 zone=b" in page.text
+    assert "agent.set_labels" in page.text  # the agent's recent events
+    status, _ = post_labels(operator, agent_id, "")
+    assert status == 303
+    assert labels_of(console_cp, agent_id) == {}
+    services_of(console_cp).fleet.set_labels(agent_id, {"zone": "a"}, actor="test")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("zone=a\nno-equals-sign\n", "Line 2 is not key=value"),
+        ("=value", "Line 1 is not key=value"),
+        ("zone=a\nzone=b", "the label &#39;zone&#39; is given twice"),
+        ("zone=", "the value of label zone must be 1 to 63 characters"),
+        (f"zone={'x' * 64}", "must be 1 to 63 characters"),
+        (f"{'k' * 64}=v", "a label key must be 1 to 63 characters"),
+        ("".join(f"k{i}=v\n" for i in range(33)), "at most 32 labels are allowed"),
+        ("x" * 5000, "The labels is longer than 4096 characters"),
+        (f"zone={HOSTILE}", ESCAPED),
+        (f"{HOSTILE}=a", ESCAPED),
+        ("zone=a\x07", "holds control characters"),
+    ],
+)
+def test_bad_labels_are_refused_on_the_agent_page_and_nothing_changes(
+    console_cp: RunningControlPlane,
+    operator: ConsoleClient,
+    agent_id: str,
+    text: str,
+    message: str,
+) -> None:
+    status, page = post_labels(operator, agent_id, text)
+    assert status == 400
+    assert 'id="labels-error"' in page
+    assert message in page
+    assert HOSTILE not in page
+    assert labels_of(console_cp, agent_id) == {"zone": "a"}
+
+
+def test_a_viewer_may_not_label_an_agent(
+    console_cp: RunningControlPlane, viewer: ConsoleClient, agent_id: str
+) -> None:
+    page = viewer.get(f"/console/agents/{agent_id}")
+    assert 'id="labels-editor"' not in page.text
+    status, page_text = post_labels(viewer, agent_id, "zone=viewer")
+    assert status == 403
+    assert "Only operators and administrators" in page_text
+    assert labels_of(console_cp, agent_id) == {"zone": "a"}
+    assert "agent.set_labels" in denied_actions(console_cp, "vera")
+
+
+def test_labels_need_a_current_csrf_token(
+    console_cp: RunningControlPlane, admin: ConsoleClient, agent_id: str
+) -> None:
+    stale = admin.page_token(f"/console/agents/{agent_id}")
+    admin.post("/logout", {"csrf_token": stale})
+    admin.login("ada", "a long test password")
+    status, page = post_labels(admin, agent_id, "zone=stale", token=stale)
+    assert status == 403
+    assert "security token" in page
+    status, _ = post_labels(admin, agent_id, "zone=stale", token="x")
+    assert status == 403
+    assert labels_of(console_cp, agent_id) == {"zone": "a"}
+
+
+def test_labels_of_an_unknown_or_revoked_agent(
+    console_cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    token = admin.page_token("/console/models")
+    missing = admin.post(
+        "/console/agents/00000000-0000-4000-8000-000000000000/labels",
+        {"csrf_token": token, "labels": "zone=a"},
+    )
+    assert missing.status_code == 404
+    revoked = enroll_agent(console_cp, "gone")
+    services_of(console_cp).fleet.revoke(revoked, actor="test")
+    assert 'id="labels-editor"' not in admin.get(f"/console/agents/{revoked}").text
+    status, page = post_labels(admin, revoked, "zone=a", token=token)
+    assert status == 409
+    assert "is revoked" in page
+    assert labels_of(console_cp, revoked) == {}
