@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.response import Response
 
-from common.errors import InsufficientResources, InvalidArgument, NotFound
+from common.errors import Conflict, InsufficientResources, InvalidArgument, NotFound
 from controlplane.api.auth_guard import Access
 from controlplane.console.errors import BadForm
 from controlplane.console.gate import ConsoleGate, field
@@ -30,7 +30,7 @@ UPLOAD_TYPE = "application/octet-stream"
 MAX_REF_CHARS = 200
 MAX_TARGET_CHARS = 1000
 MAX_CONTEXT_LENGTH = 1_048_576
-_STATUS = {InvalidArgument: 400, NotFound: 404, InsufficientResources: 422}
+_STATUS = {InvalidArgument: 400, NotFound: 404, Conflict: 409, InsufficientResources: 422}
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,21 @@ def model_routes(
         await asyncio.to_thread(lambda: assignments.unassign(int(text), actor=login.principal.name))
         return redirect(MODELS_PATH)
 
+    @post(f"{MODELS_PATH}/delete", include_in_schema=False, request_max_body_size=MAX_FORM_BYTES)
+    async def delete_model(request: Request[Any, Any, Any]) -> Response[Any]:
+        """Deletes a registry model or adapter version (operators and admins, as DELETE
+        /api/v1/models/{ref}); refused with the registry's reason while it is assigned."""
+        login = await gate.login(request)
+        fields = await gate.form(request, login)
+        ref = field(fields, "model", "The model", max_chars=MAX_REF_CHARS)
+        await gate.require(login, Access.CHANGE, "model.delete", f"model:{ref}")
+        try:
+            await asyncio.to_thread(lambda: services.models.delete(ref, actor=login.principal.name))
+        except (InvalidArgument, NotFound, Conflict) as exc:
+            status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+            return await page(login, error=str(exc), status=status)
+        return await page(login, notice=f"Deleted {ref}.")
+
     @post(
         f"{MODELS_PATH}/import",
         include_in_schema=False,
@@ -178,7 +193,14 @@ def model_routes(
             return await page(login, error=str(exc), status=400)
         return await page(login, notice=f"Imported {model.ref} (sha256:{model.sha256[:12]}…).")
 
-    return [show_models, rollouts_fragment, assign_model, unassign_model, import_model]
+    return [
+        show_models,
+        rollouts_fragment,
+        assign_model,
+        unassign_model,
+        delete_model,
+        import_model,
+    ]
 
 
 async def _blocks(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:

@@ -3,13 +3,17 @@ and the routing policy's version history; each with the REST route's role rule a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlmodel import select
 
 from controlplane.db.models import AuditEvent
+from controlplane.model_assignments import ServingParameters
 from tests.console_client import ConsoleClient
 from tests.console_fleet import enroll_agent, services_of
 from tests.controlplane_harness import RunningControlPlane
+from tests.unit.test_gguf_info import write_gguf
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -132,3 +136,91 @@ def test_labels_of_an_unknown_or_revoked_agent(
     assert status == 409
     assert "is revoked" in page
     assert labels_of(console_cp, revoked) == {}
+
+
+def import_model(cp: RunningControlPlane, folder: Path, name: str, context_length: int) -> str:
+    model = write_gguf(folder / f"{name}.gguf", context_length=context_length)
+    return services_of(cp).models.import_file(model, name=name, actor="test").ref
+
+
+def refs(cp: RunningControlPlane) -> set[str]:
+    return {m.ref for m in services_of(cp).models.list()}
+
+
+def delete(user: ConsoleClient, ref: str, token: str = "") -> tuple[int, str]:
+    form = {"csrf_token": token or user.page_token("/console/models"), "model": ref}
+    response = user.post("/console/models/delete", form)
+    return response.status_code, response.text
+
+
+def test_an_operator_deletes_an_unassigned_model(
+    console_cp: RunningControlPlane, operator: ConsoleClient, tmp_path: Path
+) -> None:
+    ref = import_model(console_cp, tmp_path, "doomed", 256)
+    page = operator.get("/console/models").text
+    assert f'name="model" value="{ref}"' in page
+    status, page = delete(operator, ref)
+    assert status == 200
+    assert f"Deleted {ref}." in page
+    assert ref not in refs(console_cp)
+    assert f'name="model" value="{ref}"' not in page
+
+
+def test_an_assigned_model_is_kept_with_the_registrys_reason(
+    console_cp: RunningControlPlane, admin: ConsoleClient, agent_id: str, tmp_path: Path
+) -> None:
+    ref = import_model(console_cp, tmp_path, "busy", 384)
+    assignment = services_of(console_cp).assignments.assign(
+        ref,
+        target_kind="site",
+        target="plant-9",
+        parameters=ServingParameters(context_length=256),
+        actor="test",
+    )
+    status, page = delete(admin, ref)
+    assert status == 409
+    assert 'id="models-error"' in page
+    assert f"model {ref} is assigned (site plant-9 as busy); remove those assignments" in page
+    assert ref in refs(console_cp)
+    services_of(console_cp).assignments.unassign(assignment.id, actor="test")
+    assert delete(admin, ref)[0] == 200
+    assert ref not in refs(console_cp)
+
+
+@pytest.mark.parametrize(
+    ("ref", "status", "message"),
+    [
+        ("nothing-here@1", 404, "nothing-here@1"),
+        (HOSTILE, 400, ESCAPED),
+        ("", 400, "The model is required"),
+        ("m" * 201, 400, "The model is longer than 200 characters"),
+        ("tab\there", 400, "holds control characters"),
+    ],
+)
+def test_deleting_an_unknown_or_malformed_model_is_refused(
+    console_cp: RunningControlPlane, operator: ConsoleClient, ref: str, status: int, message: str
+) -> None:
+    before = refs(console_cp)
+    answered, page = delete(operator, ref)
+    assert answered == status
+    assert message in page
+    assert HOSTILE not in page
+    assert refs(console_cp) == before
+
+
+def test_a_viewer_may_not_delete_a_model_nor_a_stale_form(
+    console_cp: RunningControlPlane, viewer: ConsoleClient, admin: ConsoleClient, tmp_path: Path
+) -> None:
+    ref = import_model(console_cp, tmp_path, "kept", 320)
+    assert 'action="/console/models/delete"' not in viewer.get("/console/models").text
+    status, page = delete(viewer, ref)
+    assert status == 403
+    assert "Only operators and administrators" in page
+    assert "model.delete" in denied_actions(console_cp, "vera")
+    stale = admin.page_token("/console/models")
+    admin.post("/logout", {"csrf_token": stale})
+    admin.login("ada", "a long test password")
+    status, page = delete(admin, ref, token=stale)
+    assert status == 403
+    assert "security token" in page
+    assert ref in refs(console_cp)
