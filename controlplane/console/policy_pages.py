@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import Parameter
 from litestar.response import Response
 
+from common.errors import InvalidArgument
 from common.policy.document import MAX_DOCUMENT_BYTES, PolicyError, PolicyProblem, parse_policy
 from common.policy.routing import Caller, PolicyEngine
 from controlplane.api.auth_guard import Access
@@ -33,6 +35,10 @@ SOURCE = "editor"
 MAX_PROMPT_CHARS = 64 * 1024
 MAX_POLICY_FORM_BYTES = 4 * MAX_DOCUMENT_BYTES  # URL-encoding may triple a document
 MAX_EXPLAIN_FORM_BYTES = 4 * MAX_PROMPT_CHARS
+VERSIONS_PATH = f"{POLICY_PATH}/versions"
+RECENT_VERSIONS = 10  # on the policy page
+VERSIONS_PER_PAGE = 100  # on the history page
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,13 @@ def _explain(store: PolicyStore, wanted: ExplainRequest) -> list[str]:
     return explanation_text(decision_view(explain(engine, wanted)))
 
 
+def version_number(text: str) -> int:
+    """A version number from the address, else InvalidArgument (a 400 page saying so)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_VERSION:
+        raise InvalidArgument(f"a policy version is a whole number from 1 to {MAX_VERSION}")
+    return int(text)
+
+
 def policy_routes(
     services: ControlPlaneServices, gate: ConsoleGate, renderer: Renderer
 ) -> list[Any]:
@@ -79,6 +92,7 @@ def policy_routes(
         status: int = 200,
     ) -> Response[str]:
         live: PolicyVersion | None = await asyncio.to_thread(store.live)
+        recent = await asyncio.to_thread(store.versions, RECENT_VERSIONS + 1)
         if editor is None:
             editor = EditorState(document=live.document if live is not None else "")
         return renderer.page(
@@ -86,6 +100,8 @@ def policy_routes(
             status=status,
             login=login,
             live=live,
+            recent=recent[:RECENT_VERSIONS],
+            more_versions=len(recent) > RECENT_VERSIONS,
             editor=editor,
             can_publish=login.principal.role.is_admin(),
             explanation=explanation,
@@ -166,4 +182,42 @@ def policy_routes(
         lines = await asyncio.to_thread(_explain, store, wanted)
         return await page(login, explanation=tuple(lines), explain_fields=values)
 
-    return [show_policy, edit_policy, explain_prompt]
+    # Reading the history is open to every role, as GET /api/v1/policy/versions is (Access.READ).
+    @get(VERSIONS_PATH, include_in_schema=False)
+    async def list_versions(
+        request: Request[Any, Any, Any],
+        offset: int = Parameter(default=0, ge=0, le=MAX_VERSION),
+    ) -> Response[Any]:
+        """Every applied version, newest first, a page of them at a time."""
+        login = await gate.login(request)
+        versions = await asyncio.to_thread(store.versions, VERSIONS_PER_PAGE + 1, offset)
+        live = await asyncio.to_thread(store.live)
+        return renderer.page(
+            "policy_versions.html",
+            login=login,
+            versions=versions[:VERSIONS_PER_PAGE],
+            live_version=live.version if live is not None else None,
+            offset=offset,
+            newer=max(offset - VERSIONS_PER_PAGE, 0) if offset else None,
+            older=offset + VERSIONS_PER_PAGE if len(versions) > VERSIONS_PER_PAGE else None,
+        )
+
+    @get(f"{VERSIONS_PATH}/{{version:str}}", include_in_schema=False)
+    async def show_version(
+        request: Request[Any, Any, Any], version: str = Parameter(max_length=12)
+    ) -> Response[Any]:
+        """One version's document as it was applied, and how the live version differs."""
+        login = await gate.login(request)
+        number = version_number(version)
+        shown = await asyncio.to_thread(store.get, number)  # NotFound: a 404 page
+        live = await asyncio.to_thread(store.live)
+        changes = diff_lines(live.document, shown.document) if live is not None else ()
+        return renderer.page(
+            "policy_version.html",
+            login=login,
+            shown=shown,
+            live=live,
+            diff=changes,
+        )
+
+    return [show_policy, edit_policy, explain_prompt, list_versions, show_version]

@@ -11,7 +11,7 @@ from sqlmodel import select
 from controlplane.db.models import AuditEvent
 from controlplane.model_assignments import ServingParameters
 from tests.console_client import ConsoleClient
-from tests.console_fleet import enroll_agent, services_of
+from tests.console_fleet import GOOD_POLICY, enroll_agent, logged_out, services_of
 from tests.controlplane_harness import RunningControlPlane
 from tests.unit.test_gguf_info import write_gguf
 
@@ -224,3 +224,122 @@ def test_a_viewer_may_not_delete_a_model_nor_a_stale_form(
     assert status == 403
     assert "security token" in page
     assert ref in refs(console_cp)
+
+
+def apply_versions(cp: RunningControlPlane, count: int) -> list[int]:
+    """`count` new policy versions, each a different document; answers their numbers."""
+    store = services_of(cp).policies
+    numbers = []
+    for _ in range(count):
+        n = len(store.versions(1000)) + 1
+        model = f"model: smol-{n}"
+        document = f"{GOOD_POLICY.replace('model: smol', model)}# revision {n}: {HOSTILE}\n"
+        numbers.append(store.apply(document, actor="ada", source="test").policy.version)
+    return numbers
+
+
+def test_the_policy_page_lists_recent_versions_and_one_versions_document(
+    console_cp: RunningControlPlane, viewer: ConsoleClient
+) -> None:
+    first, second = apply_versions(console_cp, 2)
+    store = services_of(console_cp).policies
+    page = viewer.get("/console/policy").text
+    assert 'id="policy-versions"' in page
+    for number in (first, second):
+        version = store.get(number)
+        assert f'<a href="/console/policy/versions/{number}">{number}</a>' in page
+        assert f"<code>{version.digest[:12]}…</code>" in page
+    assert page.count('class="policy-version"') == len(store.versions(10))
+    assert ">ada<" in page
+    shown = viewer.get(f"/console/policy/versions/{first}")
+    assert shown.status_code == 200
+    assert store.get(first).digest in shown.text
+    assert f"# revision {first}: {ESCAPED}" in shown.text
+    assert HOSTILE not in shown.text
+    assert 'id="version-diff"' in shown.text  # the live version is `second`
+    assert f"-# revision {second}: {ESCAPED}" in shown.text
+    live = viewer.get(f"/console/policy/versions/{second}").text
+    assert "live</span>" in live
+    assert 'id="version-diff"' not in live
+
+
+def test_the_history_page_pages_through_every_version(
+    console_cp: RunningControlPlane, operator: ConsoleClient
+) -> None:
+    apply_versions(console_cp, 11 - len(services_of(console_cp).policies.versions(1000)) + 1)
+    total = len(services_of(console_cp).policies.versions(1000))
+    assert total > 10
+    assert 'id="all-versions"' in operator.get("/console/policy").text
+    everything = operator.get("/console/policy/versions").text
+    assert everything.count('class="policy-version"') == total
+    assert 'id="older-versions"' not in everything
+    skipped = operator.get("/console/policy/versions?offset=3").text
+    assert skipped.count('class="policy-version"') == total - 3
+    assert 'id="newer-versions"' in skipped
+    far = operator.get("/console/policy/versions?offset=5000")
+    assert far.status_code == 200
+    assert "No versions this far back" in far.text
+    assert operator.get("/console/policy/versions?offset=-1").status_code == 400
+    assert operator.get("/console/policy/versions?offset=x").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("version", "status", "message"),
+    [
+        ("99999", 404, "no policy version 99999"),
+        ("0", 400, "a policy version is a whole number from 1"),
+        ("abc", 400, "a policy version is a whole number from 1"),
+        ("-1", 400, "a policy version is a whole number from 1"),
+        ("99999999999", 400, "a policy version is a whole number from 1"),
+        ("1" * 13, 400, ""),
+    ],
+)
+def test_a_version_that_does_not_exist_is_refused_with_a_reason(
+    console_cp: RunningControlPlane,
+    viewer: ConsoleClient,
+    version: str,
+    status: int,
+    message: str,
+) -> None:
+    response = viewer.get(f"/console/policy/versions/{version}")
+    assert response.status_code == status
+    assert message in response.text
+    assert 'id="policy-document"' not in response.text
+
+
+def test_the_history_needs_a_login(console_cp: RunningControlPlane) -> None:
+    visitor = logged_out(console_cp)
+    for path in ("/console/policy/versions", "/console/policy/versions/1"):
+        response = visitor.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login"
+    visitor.close()
+
+
+def test_an_old_version_opens_in_the_editor_but_is_not_published(
+    console_cp: RunningControlPlane, admin: ConsoleClient
+) -> None:
+    first, second = apply_versions(console_cp, 2)
+    store = services_of(console_cp).policies
+    page = admin.get(f"/console/policy/versions/{first}").text
+    form = {
+        "csrf_token": admin.page_token(f"/console/policy/versions/{first}"),
+        "action": "validate",
+        "document": store.get(first).document,
+    }
+    assert 'action="/console/policy/edit"' in page
+    validated = admin.post("/console/policy/edit", form)
+    assert validated.status_code == 200
+    assert "not published" in validated.text
+    assert f"+# revision {first}: {ESCAPED}" in validated.text
+    live = store.live()
+    assert live is not None
+    assert live.version == second
+    admin.post("/logout", {"csrf_token": form["csrf_token"]})
+    admin.login("ada", "a long test password")
+    stale = admin.post("/console/policy/edit", {**form, "action": "publish"})
+    assert stale.status_code == 403
+    assert "security token" in stale.text
+    live = store.live()
+    assert live is not None
+    assert live.version == second
