@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,14 +99,20 @@ class AlertEventStore:
     def record(self, event: AlertEvent, source: str = GATEWAY_SOURCE) -> bool:
         """Stores one event of the control plane's own (the gateway's); False when it is
         turned away (logged)."""
+        return self.record_many([event], source) == 1
+
+    def record_many(self, events: Sequence[AlertEvent], source: str = GATEWAY_SOURCE) -> int:
+        """Stores the control plane's own events in one transaction; how many were stored."""
         now = self._clock()
-        values = _columns(event, now)
-        if isinstance(values, str):
-            log.warning("alert event from %s turned away: %s", source[:36], values)
-            return False
-        self._rows.insert([{"source": clean_text(source, 36), "seq": None,
-                            "received_at": now} | values])  # fmt: skip
-        return True
+        rows = []
+        for event in events:
+            values = _columns(event, now)
+            if isinstance(values, str):
+                log.warning("alert event from %s turned away: %s", source[:36], values)
+                continue
+            rows.append({"source": clean_text(source, 36), "seq": None, "received_at": now}
+                        | values)  # fmt: skip
+        return self._rows.insert(rows)
 
     def events(
         self,

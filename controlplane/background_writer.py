@@ -11,17 +11,19 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 MAX_WAITING = 10_000  # items not written yet; more are dropped (counted and logged)
+MAX_BATCH = 200  # items written together (one database transaction)
 _T = TypeVar("_T")
 
 
 class BackgroundWriter(Generic[_T]):
-    """`record` never blocks: the item is queued and `write` (a database insert) runs on the
-    writer thread, in order. `close` writes what is queued, then stops. `name` and `describe`
-    (an item in a few words) are for log messages."""
+    """`record` never blocks: the item is queued, and `write` (a database insert of a list)
+    runs on the writer thread with what is waiting, in order, at most MAX_BATCH at a time.
+    `close` writes what is queued, then stops. `name` and `describe` (an item in a few words)
+    are for log messages."""
 
     def __init__(
         self,
-        write: Callable[[_T], object],
+        write: Callable[[list[_T]], object],
         *,
         name: str,
         describe: Callable[[_T], str] = lambda _: "an item",
@@ -67,15 +69,31 @@ class BackgroundWriter(Generic[_T]):
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while (record := self._queue.get()) is not None:
-            written = False
-            try:
-                self._write(record)
-                written = True
-            except Exception:
-                log.exception("%s: writing %s failed", self._name, self._describe(record))
-            with self._idle:
-                self._pending -= 1
-                self.written += written
-                self.failed += not written
-                self._idle.notify_all()
+        closing = False
+        while not closing:
+            batch: list[_T] = []
+            item = self._queue.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= MAX_BATCH or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            closing = item is None
+            if batch:
+                self._write_batch(batch)
+
+    def _write_batch(self, batch: list[_T]) -> None:
+        written = False
+        try:
+            self._write(batch)
+            written = True
+        except Exception:
+            what = f"{self._describe(batch[0])} and {len(batch) - 1} more"
+            log.exception("%s: writing %s failed", self._name, what)
+        with self._idle:
+            self._pending -= len(batch)
+            if written:
+                self.written += len(batch)
+            else:
+                self.failed += len(batch)
+            self._idle.notify_all()

@@ -36,12 +36,12 @@ class GatewayParts:
         cloud = CloudClient(environ=environ)
         webhooks = WebhookNotifier()
         ledger = BackgroundWriter(
-            services.usage.record,
+            services.usage.record_many,
             name="gateway-ledger",
             describe=lambda row: f"ledger row {row.request_id}",
         )
         alert_events = BackgroundWriter(
-            services.alert_events.record,
+            services.alert_events.record_many,
             name="gateway-alert-events",
             describe=lambda event: f"alert event {event.rule} {event.state}",
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -59,11 +59,18 @@ class UsageStore:
     def record(self, record: LedgerRecord, source: str = GATEWAY_SOURCE) -> bool:
         """Stores one row of the control plane's own (the gateway's); False when it is turned
         away (logged): a bad time, outcome, token count or cost."""
+        return self.record_many([record], source) == 1
+
+    def record_many(self, records: Sequence[LedgerRecord], source: str = GATEWAY_SOURCE) -> int:
+        """Stores the control plane's own rows in one transaction; how many were stored (the
+        others are turned away and logged, as by `record`)."""
         now = self._clock()
-        reason = rejection(record, now)
-        if reason is not None:
-            log.warning("usage row from %s turned away: %s", source[:36], reason)
-            return False
-        row = {"source": clean_text(source, 36), "seq": None, "received_at": now}
-        self._rows.insert([row | row_values(record)])
-        return True
+        rows = []
+        for record in records:
+            reason = rejection(record, now)
+            if reason is not None:
+                log.warning("usage row from %s turned away: %s", source[:36], reason)
+                continue
+            row = {"source": clean_text(source, 36), "seq": None, "received_at": now}
+            rows.append(row | row_values(record))
+        return self._rows.insert(rows)

@@ -161,3 +161,13 @@ def test_the_gateway_records_its_own_rows_without_sequence_numbers(
     assert store.record(ledger_row())  # no seq: never a duplicate
     assert not store.record(ledger_row(outcome="nonsense"))
     assert [(r.source, r.seq) for r in rows(database)] == [("gateway", None), ("gateway", None)]
+
+
+def test_the_gateways_rows_are_stored_together_without_the_bad_ones(
+    store: UsageStore, database: Database
+) -> None:
+    good = [ledger_row(request_id=f"g{n}") for n in range(3)]
+    stored = store.record_many([good[0], ledger_row(outcome="nonsense"), *good[1:]])
+    assert stored == 3
+    assert [r.request_id for r in rows(database)] == ["g0", "g1", "g2"]
+    assert store.record_many([]) == 0
