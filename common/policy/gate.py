@@ -212,7 +212,7 @@ class PolicyGate:
         caller = self._caller(credentials)
         policy = engine.policy
         assert policy is not None  # the gate runs only with a policy in force
-        now = _Request(caller, parts, datetime.now(UTC), time.monotonic(), uuid.uuid4().hex)
+        handled = _Request(caller, parts, datetime.now(UTC), time.monotonic(), uuid.uuid4().hex)
         restrictions = _merged(
             self.alerts.restrictions(policy, caller),
             Restrictions(local_only="the caller asked for local targets only")
@@ -221,20 +221,20 @@ class PolicyGate:
         )
         decision = engine.decide(parts, caller, requested=model, restrictions=restrictions)
         if decision.refusal:
-            self._record(policy, now, decision)
+            self._record(policy, handled, decision)
             raise PermissionDenied(f"the routing policy refuses this request: {decision.refusal}")
         try:
             admission = self._budgets.admit(policy, caller, decision.targets, parts, max_tokens)
         except ResourceExhausted as exc:
-            self._record(policy, now, decision, refusal=str(exc))
+            self._record(policy, handled, decision, refusal=str(exc))
             raise
         if admission.restrictions.local_only:  # over a budget whose over_budget is "local"
             restrictions = _merged(restrictions, admission.restrictions)
             decision = engine.decide(parts, caller, requested=model, restrictions=restrictions)
-        held = Held(admission.reservation, now.started)
+        held = Held(admission.reservation, handled.started)
         if decision.refusal:
             self._settle(policy, held, None, None)
-            self._record(policy, now, decision)
+            self._record(policy, handled, decision)
             raise PermissionDenied(f"the routing policy refuses this request: {decision.refusal}")
 
         def open_stream(target: Target, sent: tuple[str, ...]) -> Any:
@@ -257,7 +257,7 @@ class PolicyGate:
             self._settle(policy, held, None, None)
             if not isinstance(exc, DispatchFailed):
                 raise
-            self._record(policy, now, decision, attempts=exc.attempts)
+            self._record(policy, handled, decision, attempts=exc.attempts)
             if exc.outcome is Outcome.REJECTED:
                 raise InvalidArgument(str(exc)) from exc
             raise Unavailable(f"no target of the routing policy answered: {exc}") from exc
@@ -272,7 +272,7 @@ class PolicyGate:
 
         def settle(finished: Finished | None) -> None:
             cost = self._settle(policy, held, stream.target.name, finished)
-            self._record(policy, now, decision, stream.attempts, stream.target, finished, cost)
+            self._record(policy, handled, decision, stream.attempts, stream.target, finished, cost)
 
         return SettlingStream(stream, settle)
 

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
 
 from common.policy.alert_notify import AlertEvent, LogNotifier, Notifier
 from common.policy.alert_windows import RequestOutcome
@@ -72,7 +71,7 @@ class RequestAlerts:
         if not policy.alerts.rules or not record.attempts:
             return
         evaluator = self._for(policy)
-        finished_at = _epoch(record.at) + record.latency_ms / 1000
+        finished_at = record.at.timestamp() + record.latency_ms / 1000
         for attempt in record.attempts:
             answered = attempt.target == record.target and attempt.outcome == "ok"
             try:
@@ -119,7 +118,3 @@ class RequestAlerts:
                 self._record(event)
             except Exception:
                 log.exception("alerts: recording an alert event failed")
-
-
-def _epoch(at: datetime) -> float:
-    return at.timestamp()
