@@ -46,6 +46,22 @@ class ModelAssignment:
     adapters: tuple[AdapterAssignment, ...] = ()  # registry models only
 
 
+MAX_FEDERATED_TASKS = 8  # federated jobs one agent takes part in at once
+
+
+@dataclass(frozen=True)
+class FederatedTask:
+    """A federated fine-tuning job this agent takes part in: it runs a Flower SuperNode that
+    trains on the local `dataset`, starting from the GGUF named by `base_sha256`."""
+
+    job_id: str
+    dataset: str  # a directory name under the agent's datasets directory
+    base_sha256: str  # lowercase hex
+    fleet_port: int  # the control plane's Fleet API relay (mutual TLS), on its host
+    threads: int = 1  # CPU threads for training
+    nice: int = 10  # the training processes' nice value (0-19)
+
+
 @dataclass(frozen=True)
 class PolicyDocument:
     """One applied version of the organisation's routing policy, as its author wrote it."""
@@ -76,6 +92,8 @@ class DesiredState:
     policy: PolicyDocument | None = None
     # Every live inference key; None: the control plane sent no set (the agent keeps its own).
     inference_keys: tuple[InferenceKeyGrant, ...] | None = None
+    # Federated fine-tuning jobs to take part in now (one SuperNode each).
+    federated_tasks: tuple[FederatedTask, ...] = ()
 
 
 @dataclass(frozen=True)

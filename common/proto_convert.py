@@ -8,10 +8,12 @@ from types import MappingProxyType
 from common.alert_batch import AlertEventBatch, SequencedAlertEvent
 from common.artifacts import ArtifactManifest
 from common.control import (
+    MAX_FEDERATED_TASKS,
     AdapterAssignment,
     AgentStatus,
     DesiredState,
     Enrollment,
+    FederatedTask,
     Hardware,
     Hello,
     InferenceKeyGrant,
@@ -189,6 +191,17 @@ def desired_state_to_pb(state: DesiredState) -> cpb.DesiredState:
         labels=dict(state.labels),
         policy=_policy_to_pb(state.policy),
         inference_keys=_keys_to_pb(state.inference_keys),
+        federated_tasks=[
+            cpb.FederatedTask(
+                job_id=t.job_id,
+                dataset=t.dataset,
+                base_sha256=t.base_sha256,
+                fleet_port=t.fleet_port,
+                threads=t.threads,
+                nice=t.nice,
+            )
+            for t in state.federated_tasks
+        ],
     )
 
 
@@ -232,6 +245,24 @@ def _policy_from_pb(message: cpb.DesiredState) -> PolicyDocument | None:
     return PolicyDocument(version=policy.version, digest=policy.digest, document=policy.document)
 
 
+def _federated_tasks_from_pb(message: cpb.DesiredState) -> tuple[FederatedTask, ...]:
+    """The tasks as sent, at most MAX_FEDERATED_TASKS (else InvalidArgument); the agent checks
+    each task's fields before it starts anything."""
+    if len(message.federated_tasks) > MAX_FEDERATED_TASKS:
+        raise InvalidArgument(f"more than {MAX_FEDERATED_TASKS} federated tasks")
+    return tuple(
+        FederatedTask(
+            job_id=t.job_id,
+            dataset=t.dataset,
+            base_sha256=t.base_sha256,
+            fleet_port=t.fleet_port,
+            threads=t.threads,
+            nice=t.nice,
+        )
+        for t in message.federated_tasks
+    )
+
+
 def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
     return DesiredState(
         generation=message.generation,
@@ -263,6 +294,7 @@ def desired_state_from_pb(message: cpb.DesiredState) -> DesiredState:
         labels=MappingProxyType(dict(message.labels)),
         policy=_policy_from_pb(message),
         inference_keys=_keys_from_pb(message),
+        federated_tasks=_federated_tasks_from_pb(message),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -14,71 +13,35 @@ from sqlalchemy import and_, event, insert, update
 from sqlmodel import Session, col, select
 
 from common.control import (
-    AdapterAssignment,
+    MAX_FEDERATED_TASKS,
     DesiredState,
-    InferenceKeyGrant,
+    FederatedTask,
     ModelAssignment,
     PolicyDocument,
 )
-from common.errors import NotFound
+from common.errors import InvalidArgument, NotFound
 from controlplane.audit import AuditLog, check_actor
 from controlplane.db.database import Database
 from controlplane.db.models import Agent, DesiredStateRecord, RoutingPolicyRecord, utcnow
 from controlplane.desired_state_checks import check_assignments, check_labels
+from controlplane.desired_state_spec import (
+    federated_tasks_of,
+    live_policy,
+    policy_document,
+    spec_of,
+    state_of,
+)
 from controlplane.inference_keys import inference_keys_revision, live_inference_keys
 
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "outpost.desired_state.changed"
-_SPEC_KEYS = {"models": "models", "labels": "labels", "policy": "policy_version"}
-
-
-def _spec(
-    models: Sequence[ModelAssignment],
-    labels: Mapping[str, str],
-    policy: PolicyDocument | None,
-    keys_revision: int = 0,
-) -> dict[str, Any]:
-    # The policy by version only: its document is stored once, in routing_policies; the
-    # inference keys by revision only: they are stored once, in inference_keys.
-    return {
-        "models": [asdict(m) for m in models],
-        "labels": dict(labels),
-        "policy_version": policy.version if policy is not None else 0,
-        "inference_keys_revision": keys_revision,
-    }
-
-
-def _state(
-    generation: int,
-    spec: Mapping[str, Any],
-    policy: PolicyDocument | None,
-    keys: tuple[InferenceKeyGrant, ...] | None,
-) -> DesiredState:
-    models = tuple(_model(m) for m in spec.get("models", ()))
-    labels = MappingProxyType(dict(spec.get("labels", {})))
-    return DesiredState(
-        generation=generation, models=models, labels=labels, policy=policy, inference_keys=keys
-    )
-
-
-def _policy_document(record: RoutingPolicyRecord | None) -> PolicyDocument | None:
-    if record is None:
-        return None
-    return PolicyDocument(record.version, record.digest, record.document)
-
-
-def live_policy(session: Session) -> PolicyDocument | None:
-    """The newest applied routing policy, None before the first one."""
-    record = session.exec(
-        select(RoutingPolicyRecord).order_by(col(RoutingPolicyRecord.version).desc()).limit(1)
-    ).first()
-    return _policy_document(record)
-
-
-def _model(stored: Mapping[str, Any]) -> ModelAssignment:
-    adapters = tuple(AdapterAssignment(**a) for a in stored.get("adapters", ()))
-    return ModelAssignment(**{**stored, "adapters": adapters})
+_SPEC_KEYS = {
+    "models": "models",
+    "labels": "labels",
+    "policy": "policy_version",
+    "federated_tasks": "federated_tasks",
+}
 
 
 # Called once per committed transaction with the new state of every agent it changed.
@@ -164,6 +127,17 @@ class DesiredStates:
         checked = check_labels(labels)
         return self._change(session, agent_id, actor, "labels", labels=checked)
 
+    def set_federated_tasks(
+        self, session: Session, agent_id: str, tasks: Sequence[FederatedTask], *, actor: str
+    ) -> DesiredState:
+        """The federated fine-tuning jobs the agent takes part in now (a SuperNode each)."""
+        check_actor(actor)
+        if len(tasks) > MAX_FEDERATED_TASKS:
+            raise InvalidArgument(f"an agent takes part in at most {MAX_FEDERATED_TASKS} jobs")
+        return self._change(
+            session, agent_id, actor, "federated_tasks", federated_tasks=tuple(tasks)
+        )
+
     def refresh_policy(self, session: Session, agent_id: str, *, actor: str) -> DesiredState | None:
         """Writes a new generation when the agent's state lacks the live policy or the live
         inference keys (an agent that enrolled after they changed); None when it has both."""
@@ -228,7 +202,7 @@ class DesiredStates:
             return DesiredState(generation=0)
         # Keys are never copied per agent: the newest generation carries the live set.
         keys = live_inference_keys(session)
-        return _state(record.generation, record.spec, self._policy(session, record.spec), keys)
+        return state_of(record.generation, record.spec, self._policy(session, record.spec), keys)
 
     def _policy(self, session: Session, spec: Mapping[str, Any]) -> PolicyDocument | None:
         version = spec.get("policy_version", 0)
@@ -236,7 +210,7 @@ class DesiredStates:
             return None
         cached = self._policies.get(version)
         if cached is None:
-            cached = _policy_document(session.get(RoutingPolicyRecord, version))
+            cached = policy_document(session.get(RoutingPolicyRecord, version))
             if cached is None:  # not committed yet, or rolled back: do not remember
                 return None
             with self._lock:
@@ -254,6 +228,7 @@ class DesiredStates:
         *,
         models: tuple[ModelAssignment, ...] | None = None,
         labels: dict[str, str] | None = None,
+        federated_tasks: tuple[FederatedTask, ...] | None = None,
     ) -> DesiredState:
         # Lock the agent's row (PostgreSQL; SQLite's writer lock already serialises), so two
         # concurrent changes cannot both claim the same next generation.
@@ -270,9 +245,11 @@ class DesiredStates:
         # New path models keep the agent's assigned registry models (and may free an alias).
         new_models = self._with_registry(session, agent_id, new_models)
         new_labels = labels if labels is not None else dict(previous.labels)
+        tasks = federated_tasks if federated_tasks is not None else previous.federated_tasks
         policy = live_policy(session)  # every new generation carries the live policy
         keys = live_inference_keys(session)  # and the live inference keys
-        spec = _spec(new_models, new_labels, policy, inference_keys_revision(session))
+        revision = inference_keys_revision(session)
+        spec = spec_of(new_models, new_labels, policy, revision, tasks)
         session.add(
             DesiredStateRecord(
                 agent_id=agent_id,
@@ -292,7 +269,7 @@ class DesiredStates:
             detail={"generation": generation, what: spec[_SPEC_KEYS[what]]},
         )
         session.flush()
-        state = _state(generation, spec, policy, keys)
+        state = state_of(generation, spec, policy, keys)
         self._notify_after_commit(session, {agent_id: state})
         return state
 
@@ -310,7 +287,7 @@ class DesiredStates:
             actor=actor,
             action="desired_state.set_models_for_site",
             target=f"site:{site}",
-            detail={"agents": len(states), "models": _spec(checked, {}, None)["models"]},
+            detail={"agents": len(states), "models": spec_of(checked, {}, None)["models"]},
         )
         return states
 
@@ -346,26 +323,27 @@ class DesiredStates:
         now = self._clock()
         states: dict[str, DesiredState] = {}
         rows = []
-        model_specs = _spec(models or (), {}, None)["models"]  # built once, shared by every row
+        model_specs = spec_of(models or (), {}, None)["models"]  # built once, shared by every row
         for agent_id, generation in agents:
             previous = spec_of.get(agent_id, {})
             labels = dict(previous.get("labels", {}))
+            tasks = federated_tasks_of(previous)
             if models is None:  # the agent's own models, as its current state has them
                 spec = {
-                    **_spec((), labels, policy, revision),
+                    **spec_of((), labels, policy, revision, tasks),
                     "models": previous.get("models", []),
                 }
-                state = _state(generation + 1, spec, policy, keys)
+                state = state_of(generation + 1, spec, policy, keys)
             else:
                 taken = {m.alias for m in models}
                 extra = tuple(m for m in registry.get(agent_id, ()) if m.alias not in taken)
-                extra_specs = _spec(extra, {}, None)["models"] if extra else []
+                extra_specs = spec_of(extra, {}, None)["models"] if extra else []
                 spec = {
-                    **_spec((), labels, policy, revision),
+                    **spec_of((), labels, policy, revision, tasks),
                     "models": model_specs + extra_specs if extra else model_specs,
                 }
                 state = DesiredState(
-                    generation + 1, models + extra, MappingProxyType(labels), policy, keys
+                    generation + 1, models + extra, MappingProxyType(labels), policy, keys, tasks
                 )
             rows.append(
                 {

@@ -396,7 +396,7 @@ class AdapterAssignment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., registry_name: _Optional[str] = ..., registry_version: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "models", "labels", "policy", "inference_keys")
+    __slots__ = ("generation", "models", "labels", "policy", "inference_keys", "federated_tasks")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -409,12 +409,30 @@ class DesiredState(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_TASKS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
     labels: _containers.ScalarMap[str, str]
     policy: PolicyDocument
     inference_keys: InferenceKeySet
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., policy: _Optional[_Union[PolicyDocument, _Mapping]] = ..., inference_keys: _Optional[_Union[InferenceKeySet, _Mapping]] = ...) -> None: ...
+    federated_tasks: _containers.RepeatedCompositeFieldContainer[FederatedTask]
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., policy: _Optional[_Union[PolicyDocument, _Mapping]] = ..., inference_keys: _Optional[_Union[InferenceKeySet, _Mapping]] = ..., federated_tasks: _Optional[_Iterable[_Union[FederatedTask, _Mapping]]] = ...) -> None: ...
+
+class FederatedTask(_message.Message):
+    __slots__ = ("job_id", "dataset", "base_sha256", "fleet_port", "threads", "nice")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FLEET_PORT_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    dataset: str
+    base_sha256: str
+    fleet_port: int
+    threads: int
+    nice: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., base_sha256: _Optional[str] = ..., fleet_port: _Optional[int] = ..., threads: _Optional[int] = ..., nice: _Optional[int] = ...) -> None: ...
 
 class InferenceKeySet(_message.Message):
     __slots__ = ("keys",)
