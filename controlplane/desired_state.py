@@ -315,7 +315,7 @@ class DesiredStates:
             )
             .where(where)
         ).all()
-        spec_of = {agent_id: spec for agent_id, spec in latest}
+        latest_specs = {agent_id: spec for agent_id, spec in latest}
         # Registry models assigned to these agents stay (an alias set here takes precedence).
         registry = self._resolver(session, [a for a, _ in agents]) if self._resolver else {}
         keys = live_inference_keys(session)  # read once, shared by every state
@@ -325,7 +325,7 @@ class DesiredStates:
         rows = []
         model_specs = spec_of(models or (), {}, None)["models"]  # built once, shared by every row
         for agent_id, generation in agents:
-            previous = spec_of.get(agent_id, {})
+            previous = latest_specs.get(agent_id, {})
             labels = dict(previous.get("labels", {}))
             tasks = federated_tasks_of(previous)
             if models is None:  # the agent's own models, as its current state has them
