@@ -1,0 +1,1 @@
+"""Federated fine-tuning: what sites and the server exchange."""
