@@ -24,6 +24,7 @@ from controlplane.cli_client import (
     segment,
     table,
 )
+from controlplane.federated_cli import add_federated_commands, run_federated_command
 from controlplane.inference_key_cli import add_inference_key_commands, run_inference_key_command
 from controlplane.model_cli import add_model_commands, run_model_command
 from controlplane.policy_cli import (
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands, common)
     add_inference_key_commands(commands, common)
     add_user_commands(commands, common)
+    add_federated_commands(commands, common)
     add_bundle_commands(commands)
     return parser
 
@@ -342,6 +344,8 @@ def _run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             run_inference_key_command(client, args)
         elif args.command == "users":
             run_user_command(client, args)
+        elif args.command == "fl":
+            run_federated_command(client, args)
         else:
             (_tokens if args.command == "tokens" else _agents)(client, args)
     except (KeyError, TypeError, IndexError) as exc:

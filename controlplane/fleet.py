@@ -26,6 +26,8 @@ from controlplane.tokens import TokenGrant
 MAX_GENERATION = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
 MAX_STATUS_ITEMS = 1024
 MAX_ERROR_CHARS = 2000
+MAX_CAPABILITIES = 64
+MAX_CAPABILITY_CHARS = 200
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -268,6 +270,9 @@ class Fleet:
             agent.observed_generation = observed
             agent.peer_address = _host_port(hello.peer_address)
             agent.inference_address = _host_port(hello.inference_address)
+            agent.capabilities = [
+                _text(c, MAX_CAPABILITY_CHARS) for c in hello.capabilities[:MAX_CAPABILITIES]
+            ]
             agent.last_seen_at = self._clock()
             session.add(agent)
         return agent

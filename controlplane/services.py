@@ -14,6 +14,7 @@ from controlplane.auth import ApiKeys
 from controlplane.db.database import Database
 from controlplane.db.models import utcnow
 from controlplane.desired_state import DesiredStates
+from controlplane.federated.jobs import FederatedJobs
 from controlplane.fleet import Fleet
 from controlplane.inference_keys import InferenceKeys
 from controlplane.liveness import Health, LivenessPolicy, assess_fleet
@@ -43,6 +44,7 @@ class ControlPlaneServices:
     usage: UsageStore
     alert_events: AlertEventStore
     users: Users
+    federated_jobs: FederatedJobs
     started_at: datetime  # the restart grace of liveness counts from here
     liveness_policy: LivenessPolicy = field(default_factory=LivenessPolicy)
 
@@ -93,6 +95,7 @@ class ControlPlaneServices:
             usage=UsageStore(db, clock=clock),
             alert_events=AlertEventStore(db, clock=clock),
             users=Users(db, audit, clock=clock),
+            federated_jobs=FederatedJobs(db, models, desired, audit, clock=clock),
             started_at=clock(),
             liveness_policy=liveness_policy or LivenessPolicy(),
         )

@@ -22,6 +22,7 @@ from controlplane.api.assignments import assignment_routes
 from controlplane.api.audit import audit_routes
 from controlplane.api.auth_guard import auth_guard, current_principal
 from controlplane.api.errors import EXCEPTION_HANDLERS
+from controlplane.api.federated import federated_routes
 from controlplane.api.inference_keys import inference_key_routes
 from controlplane.api.models import model_routes
 from controlplane.api.policy import policy_routes
@@ -96,6 +97,7 @@ def create_app(
         *usage_routes(services),
         *alert_routes(services),
         *user_routes(services),
+        *federated_routes(services),
     ]
     api = Router(
         path=API_PREFIX,

@@ -27,6 +27,7 @@ def agent_view(agent: Agent) -> dict[str, Any]:
         "state": agent.state,
         "version": agent.version,
         "hardware": dict(agent.hardware or {}),
+        "capabilities": list(agent.capabilities or []),
         "observed_generation": agent.observed_generation,
         "desired_generation": agent.desired_generation,
         "status": [

@@ -102,6 +102,9 @@ class Agent(SQLModel, table=True):
     # HOST:PORT where the agent serves verified artifacts to its site's peers ("": it does not)
     peer_address: str = Field(default="", max_length=NAME_CHARS)
     inference_address: str = Field(default="", max_length=NAME_CHARS)
+    # What its last Hello said it can do, e.g. "federated-training" or
+    # "no-federated-training: <reason>" (at most 64 strings of at most 200 characters)
+    capabilities: list[str] = Field(default_factory=list, sa_type=JSON)
     enrolled_at: datetime = Field(sa_type=UtcDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
@@ -439,3 +442,69 @@ class AlertEventRow(SQLModel, table=True):
     op: str = Field(max_length=4)
     action: str = Field(max_length=32)
     reason: str = Field(max_length=REASON_CHARS)
+
+
+# -- federated fine-tuning ----------------------------------------------------------------
+
+
+class FederatedJobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    EVALUATING = "evaluating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FL_REASON_CHARS = 1000
+
+
+class FederatedJobRecord(SQLModel, table=True):
+    """A federated LoRA fine-tuning job: its validated spec, planned participants and state."""
+
+    __tablename__ = "fl_jobs"
+    __table_args__ = (CheckConstraint(_in("state", FederatedJobState), name="state"),)
+
+    id: str = Field(primary_key=True, max_length=36)  # UUID4, lowercase canonical form
+    # the base model as resolved when the job was created: {"id", "name", "version", "sha256"};
+    # no foreign key (a finished job does not keep its base model registered)
+    model_id: int = Field(index=True)
+    model: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # FederatedJobSpec.to_json()
+    state: str = Field(default=FederatedJobState.PENDING.value, max_length=16, index=True)
+    current_round: int = 0
+    reason: str = Field(default="", max_length=FL_REASON_CHARS)
+    adapter_model_id: int | None = None  # the registered adapter once the job succeeded
+    flower_run_id: str | None = Field(default=None, max_length=32)  # decimal text (a uint64)
+    # [{"agent_id", "name", "site", "dataset"}]
+    participants: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    # [{"agent_id", "name", "site", "reason"}]
+    skipped: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # when it succeeded
+    created_by: str = Field(max_length=NAME_CHARS)
+    created_at: datetime = Field(sa_type=UtcDateTime, index=True)
+    started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class FederatedRoundRecord(SQLModel, table=True):
+    """One phase ("train" or "evaluate") of one round of a federated job, as the runner saw it."""
+
+    __tablename__ = "fl_rounds"
+    __table_args__ = (CheckConstraint("phase IN ('train', 'evaluate')", name="phase"),)
+
+    job_id: str = Field(primary_key=True, foreign_key="fl_jobs.id", max_length=36)
+    round: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    phase: str = Field(primary_key=True, max_length=16)
+    started_at: datetime = Field(sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    participants: list[str] = Field(default_factory=list, sa_type=JSON)  # agent ids
+    dropped: dict[str, str] = Field(default_factory=dict, sa_type=JSON)  # agent id -> reason
+    # agent id -> {"train_loss", "heldout_loss", "examples"} (a loss is null when unknown)
+    sites: dict[str, dict[str, Any]] = Field(default_factory=dict, sa_type=JSON)
+    bytes_down: int = Field(default=0, sa_type=BigInteger)
+    bytes_up: int = Field(default=0, sa_type=BigInteger)
+    wall_s: float = 0.0
+    train_s: float = 0.0  # the longest local training of the round
+    aggregate: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

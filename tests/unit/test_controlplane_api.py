@@ -205,7 +205,7 @@ def test_list_and_show_agents(api: Api) -> None:
     assert set(shown) == {
         *("id", "name", "site", "labels", "state", "version", "hardware", "status"),
         *("observed_generation", "desired_generation", "enrolled_at", "last_seen_at"),
-        "revoked_at",
+        *("capabilities", "revoked_at"),
     }
     assert shown["enrolled_at"].endswith("Z")
     assert shown["revoked_at"] is None

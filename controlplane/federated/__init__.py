@@ -1,0 +1,1 @@
+"""Federated LoRA fine-tuning jobs: specs, records, participant planning (run on Flower)."""
