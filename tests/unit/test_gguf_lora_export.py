@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
+from gguf.quants import dequantize, quantize
 
+from common.federated.gguf_dequantize import dequantized_copy
 from common.federated.gguf_lora import (
     export_gguf_lora,
     initial_adapter,
@@ -201,3 +203,43 @@ def test_bad_arguments_are_refused(demo_model: Path, adapter: Adapter, tmp_path:
     with pytest.raises(ValueError, match="only 'llama'"):
         export_gguf_lora(adapter, base_gguf=gpt2, alpha=4.0, target=target)
     assert not target.exists()
+
+
+def test_dequantized_copy_keeps_metadata_and_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 96)).astype(np.float32)
+    packed = quantize(weight, GGMLQuantizationType.Q4_1)
+    writer = GGUFWriter(tmp_path / "q.gguf", "llama")
+    writer.add_uint32("llama.block_count", 1)
+    writer.add_file_type(LlamaFileType.MOSTLY_Q4_1)
+    writer.add_quantization_version(2)
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "a", "b"])
+    writer.add_array("tokenizer.ggml.scores", [0.0, -1.0, -2.0])
+    writer.add_string("tokenizer.chat_template", "{{ messages }}")
+    writer.add_tensor("blk.0.attn_q.weight", packed, raw_dtype=GGMLQuantizationType.Q4_1)
+    writer.add_tensor("blk.0.attn_norm.weight", np.arange(96, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    copy = dequantized_copy(tmp_path / "q.gguf", tmp_path / "f32" / "copy.gguf")
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.gguf"]
+    fields = {name: f.contents() for name, f in GGUFReader(copy).fields.items()}
+    assert fields["general.architecture"] == "llama"
+    assert fields["general.file_type"] == LlamaFileType.ALL_F32
+    assert "general.quantization_version" not in fields
+    assert fields["llama.block_count"] == 1
+    assert fields["tokenizer.ggml.tokens"] == ["<s>", "a", "b"]
+    assert fields["tokenizer.ggml.scores"] == [0.0, -1.0, -2.0]
+    assert fields["tokenizer.chat_template"] == "{{ messages }}"
+    tensors = {t.name: t for t in GGUFReader(copy).tensors}
+    q = tensors["blk.0.attn_q.weight"]
+    assert q.tensor_type == GGMLQuantizationType.F32
+    assert q.shape.tolist() == [96, 64]  # ggml order, as in the source
+    expected = dequantize(packed, GGMLQuantizationType.Q4_1)
+    np.testing.assert_array_equal(np.asarray(q.data), expected)
+    assert np.abs(expected - weight).max() < 0.5  # a real dequantization, not zeros
+    norm = tensors["blk.0.attn_norm.weight"]
+    assert norm.tensor_type == GGMLQuantizationType.F32
+    np.testing.assert_array_equal(np.asarray(norm.data), np.arange(96, dtype=np.float32))
