@@ -7,14 +7,12 @@ import contextlib
 import logging
 import re
 import ssl
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import h11
 import httpx
 
-__all__ = ["FleetRelay", "client_ssl_context", "server_ssl_context"]
+__all__ = ["FleetRelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,37 +32,6 @@ class _Closed(Exception):
     """The client went away, or sent something after which the connection cannot go on."""
 
 
-def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    # load_cert_chain reads only files: a private directory (0700) that is gone right after.
-    with tempfile.TemporaryDirectory(prefix="fleet-relay-") as directory:
-        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(cert_pem)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key_pem)
-        context.load_cert_chain(cert_path, key_path)
-
-
-def server_ssl_context(*, cert_chain_pem: bytes, key_pem: bytes, ca_pem: bytes) -> ssl.SSLContext:
-    """TLS >= 1.2 for the listener; a client certificate issued by `ca_pem` is required."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=ca_pem.decode("ascii"))
-    _load_chain(context, cert_chain_pem, key_pem)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def client_ssl_context(*, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """TLS >= 1.2 to the upstream: only `ca_pem` is trusted, host name checked, client cert sent."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem.decode("ascii"))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    _load_chain(context, cert_pem, key_pem)
-    return context
-
-
 def _forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     named = {
         token.strip().lower()
@@ -77,7 +44,10 @@ def _forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
 
 
 class FleetRelay:
-    """An HTTP/1.1 server that relays the Flower Fleet API, and nothing else, to `upstream`."""
+    """An HTTP/1.1 server that relays the Flower Fleet API, and nothing else, to `upstream`.
+
+    Bodies are buffered (at most `max_body_bytes`). Upstream connections idle for 5 s are
+    dropped (httpx's keep-alive expiry): an upstream relay's `read_timeout_s` must be longer."""
 
     def __init__(
         self,
@@ -98,7 +68,8 @@ class FleetRelay:
         self._authorize = authorize
         self._max_body = max_body_bytes
         self._timeout_s = timeout_s  # a whole upstream exchange
-        self._read_timeout_s = read_timeout_s  # each client read; also the request head, whole
+        # Each client read or write; also the whole wait for a request head (idle keep-alive too).
+        self._read_timeout_s = read_timeout_s
         self._server: asyncio.Server | None = None
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -216,7 +187,7 @@ class FleetRelay:
             await self._reply(connection, writer, 403, "forbidden")
             return False
         if not FLEET_PATH.fullmatch(event.target):
-            logger.info("fleet relay refused %s %r from %s", event.method, event.target, peer)
+            logger.info("fleet relay refused %r %r from %s", event.method, event.target[:200], peer)
             await self._reply(connection, writer, 404, "not found")
             return False
         if event.method != b"POST":

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.control.identity import build_csr, generate_key
 from common.embedded_http import bind_listener, embedded_server
-from common.fleet_relay import FleetRelay, client_ssl_context, server_ssl_context
+from common.fleet_relay import FleetRelay
+from common.fleet_relay_tls import client_ssl_context, server_ssl_context
 from controlplane.pki import CertificateAuthority
 
 AGENT_ID = str(uuid.uuid4())
@@ -38,6 +39,10 @@ class Pki:
     agent_cert: bytes
     stranger_key: bytes  # an agent certificate from another CA
     stranger_cert: bytes
+    impostor_key: bytes  # a server certificate for 127.0.0.1 from that other CA
+    impostor_chain: bytes
+    localhost_key: bytes  # a server certificate from the right CA, for another name only
+    localhost_chain: bytes
 
     def agent_context(self) -> ssl.SSLContext:
         return client_ssl_context(
@@ -68,6 +73,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         agent_cert,
         stranger_key,
         stranger_cert,
+        *other.issue_server_certificate(["127.0.0.1"]),
+        *ca.issue_server_certificate(["localhost"]),
     )
 
 
@@ -284,7 +291,7 @@ def test_anything_but_a_fleet_path_is_404_and_never_forwarded(pki: Pki) -> None:
                 get = b"GET /v1/fleet/get-run HTTP/1.1\r\nHost: x\r\n\r\n"
                 response = await raw_exchange(port, get, context)
                 assert status_of(response) == 405
-                assert b"\r\nallow: POST\r\n" in response.lower().replace(b"post", b"POST")
+                assert b"\r\nallow: POST\r\n" in response
             assert chain.upstream.received == []
 
     run(main())
@@ -310,6 +317,70 @@ def test_the_control_plane_relay_requires_a_certificate_from_its_ca(pki: Pki) ->
             assert len(chain.upstream.received) == 1
 
     run(main())
+
+
+def test_the_agent_relay_accepts_only_the_pinned_ca_and_the_right_host(pki: Pki) -> None:
+    async def main() -> None:
+        async with upstream_server() as upstream:
+            for key, chain in (
+                (pki.impostor_key, pki.impostor_chain),
+                (pki.localhost_key, pki.localhost_chain),
+            ):
+                cp = FleetRelay(
+                    host="127.0.0.1",
+                    port=0,
+                    upstream=f"http://127.0.0.1:{upstream.port}",
+                    server_ssl=server_ssl_context(
+                        cert_chain_pem=chain, key_pem=key, ca_pem=pki.ca_pem
+                    ),
+                )
+                agent = FleetRelay(
+                    host="127.0.0.1",
+                    port=0,
+                    upstream=f"https://127.0.0.1:{await cp.start()}",
+                    upstream_ssl=pki.agent_context(),
+                )
+                port = await agent.start()
+                try:
+                    async with httpx.AsyncClient() as client:
+                        url = f"http://127.0.0.1:{port}/v1/fleet/get-run"
+                        response = await client.post(url, content=b"x")
+                    assert response.status_code == 502
+                finally:
+                    await agent.close()
+                    await cp.close()
+            assert upstream.received == []
+
+    run(main())
+
+
+def test_an_authorize_callback_that_raises_refuses(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[bytes | None] = []
+
+    def authorize(der: bytes | None) -> str | None:
+        calls.append(der)
+        raise RuntimeError("database down")
+
+    async def main() -> None:
+        async with upstream_server() as upstream:
+            relay = FleetRelay(
+                host="127.0.0.1",
+                port=0,
+                upstream=f"http://127.0.0.1:{upstream.port}",
+                authorize=authorize,
+            )
+            port = await relay.start()
+            try:
+                async with httpx.AsyncClient() as client:
+                    url = f"http://127.0.0.1:{port}/v1/fleet/get-run"
+                    assert (await client.post(url, content=b"x")).status_code == 403
+            finally:
+                await relay.close()
+            assert upstream.received == []
+
+    run(main())
+    assert calls == [None]  # no TLS on this listener: no peer certificate
+    assert "database down" in caplog.text
 
 
 def test_a_refused_agent_gets_403_and_nothing_is_forwarded(
@@ -344,6 +415,11 @@ def test_an_oversized_body_is_413(pki: Pki) -> None:
                 assert too_big.status_code == 413
                 chunked = await client.post("/v1/fleet/push-object", content=chunks())
                 assert chunked.status_code == 413
+            # refused on the declared length alone, without waiting for the body
+            announced = (
+                b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n"
+            )
+            assert status_of(await raw_exchange(chain.agent_port, announced)) == 413
             assert [r.body for r in chain.upstream.received] == [b"x" * 1000]
 
     run(main())
