@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from controlplane.api.auth_guard import Access, access
 from controlplane.auth import Principal
@@ -35,9 +35,11 @@ def federated_routes(services: ControlPlaneServices) -> list[Any]:
 
     @get("/fl/jobs", opt=access(Access.READ, "fl_job.list"))
     async def list_jobs(
-        job_state: str | None = Parameter(
-            query="state", default=None, max_length=16, description="only jobs in this state"
-        ),
+        # `state` is a name Litestar reserves for its own kwarg.
+        job_state: Annotated[
+            str | None,
+            QueryParameter(name="state", max_length=16, description="only jobs in this state"),
+        ] = None,
         limit: int = Parameter(default=100, ge=1, le=MAX_LIST),
     ) -> dict[str, Any]:
         """Jobs, newest first."""
