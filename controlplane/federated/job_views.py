@@ -255,7 +255,11 @@ def check_round(report: RoundReport, job: FederatedJobView) -> dict[str, Any]:
     number is stored as null; text is clipped."""
     if report.phase not in PHASES:
         raise InvalidArgument(f"a round's phase is one of {', '.join(PHASES)}")
-    if isinstance(report.round, bool) or not 0 <= report.round <= job.rounds:
+    if (
+        isinstance(report.round, bool)
+        or not isinstance(report.round, int)
+        or not 0 <= report.round <= job.rounds
+    ):
         raise InvalidArgument(f"round {report.round} is not between 0 and {job.rounds}")
     if report.started_at.tzinfo is None or (
         report.finished_at is not None and report.finished_at.tzinfo is None
@@ -270,6 +274,8 @@ def check_round(report: RoundReport, job: FederatedJobView) -> dict[str, Any]:
 
     if max(len(report.participants), len(report.dropped), len(report.sites)) > MAX_PARTICIPANTS:
         raise InvalidArgument(f"a round has at most {MAX_PARTICIPANTS} participants")
+    if not all(isinstance(values, Mapping) for values in report.sites.values()):
+        raise InvalidArgument("each site's metrics map train_loss, heldout_loss, examples")
     return {
         "started_at": report.started_at,
         "finished_at": report.finished_at,

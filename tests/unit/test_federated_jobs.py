@@ -313,6 +313,8 @@ def test_round_reports_are_upserted_checked_and_bounded(
         (RoundReport(round=1, started_at=T, bytes_up=-1), "bytes_up must be a whole number"),
         (RoundReport(round=1, started_at=T, wall_s=math.nan), "wall_s must be between"),
         (RoundReport(round=1, started_at=datetime(2030, 1, 1)), "timezone-aware"),
+        (RoundReport(round="1", started_at=T), "is not between"),  # type: ignore[arg-type]
+        (RoundReport(round=1, started_at=T, sites={a: 2.0}), "each site's metrics"),  # type: ignore[dict-item]
         (
             RoundReport(round=1, started_at=T, aggregate={f"m{i}": 1 for i in range(40)}),
             "at most 32 metrics",
