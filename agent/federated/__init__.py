@@ -1,0 +1,1 @@
+"""Federated fine-tuning at a site: the Flower SuperNodes and the ClientApp."""
