@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,25 @@ CONFIG = TrainingConfig(
 
 @pytest.fixture(scope="module")
 def loaded(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """Loaded once per module, from a content-addressed name with no .gguf suffix."""
+    """Loaded once per module, from a content-addressed name with no .gguf suffix, with every
+    network connection refused (loading must not try the Hugging Face Hub)."""
     blob = tmp_path_factory.mktemp("blobs") / "sha256-b179c9523d0e6a0f"
     try:
         os.link(demo_model, blob)
     except OSError:
         shutil.copyfile(demo_model, blob)
-    return load_gguf_model(blob, threads=2)
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise OSError("network access during model loading")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        result = load_gguf_model(blob, threads=2)
+    assert attempts == []
+    return result
 
 
 @pytest.fixture(scope="module")
