@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         "--download-rate-limit", type=int, help="bytes per second for model downloads (0: no limit)"
     )
     run.add_argument(
+        "--datasets-dir",
+        type=Path,
+        help="federated fine-tuning datasets, one directory each (default: STATE_DIR/datasets)",
+    )
+    run.add_argument(
         "--insecure-control",
         action="store_const",
         const=True,
@@ -128,6 +133,7 @@ def build_settings(args: argparse.Namespace, environ: dict[str, str]) -> AgentSe
             "peer_address": args.peer_address,
             "inference_address": args.inference_address,
             "download_rate_limit": args.download_rate_limit,
+            "datasets_dir": args.datasets_dir,
         }
     settings = apply_overrides(settings, overrides)
     if args.command == "run":
@@ -199,6 +205,7 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> ManagedA
         peer_address=settings.peer_address,
         inference_address=settings.inference_address,
         download_rate_limit=settings.download_rate_limit,
+        datasets_dir=settings.datasets_dir or settings.state_dir / "datasets",
     )
 
 

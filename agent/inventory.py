@@ -42,9 +42,12 @@ def hardware() -> Hardware:
 def capabilities() -> tuple[str, ...]:
     import llama_cpp
 
+    from agent.training.capability import training_capability
+
     found = ["llama.cpp", "gguf", "chat-template"]
     if llama_cpp.llama_supports_gpu_offload():
         found.append("gpu-offload")
+    found.append(training_capability())
     return tuple(found)
 
 

@@ -20,6 +20,7 @@ from agent.control.identity import IdentityStore
 from agent.control.lookups import ControlLookups
 from agent.control.site_agents import SiteAgentDirectory
 from agent.control.state_store import DesiredStateError, DesiredStateStore
+from agent.federated.participation import FederatedParticipation
 from agent.inference_keys import InferenceKeyState
 from agent.inventory import build_hello, capabilities
 from agent.model_pool import ModelPool
@@ -59,6 +60,7 @@ class ManagedAgent:
         peer_address: str = "",
         inference_address: str = "",
         download_rate_limit: int = 0,
+        datasets_dir: Path | None = None,
     ) -> None:
         self._identities = IdentityStore(state_dir)
         self._desired_store = DesiredStateStore(state_dir)
@@ -100,6 +102,13 @@ class ManagedAgent:
         self.lookups = ControlLookups(self.link)
         self._site_agents = SiteAgentDirectory(self.lookups.find_site_agent)
         self.artifacts = ArtifactStore(state_dir / "artifacts")
+        self.federated = FederatedParticipation(
+            state_dir,
+            datasets_dir or state_dir / "datasets",
+            self.artifacts.blob_path,
+            self._identities,
+            insecure=link.insecure,
+        )
         self.rollout = ModelRollout(
             state_dir,
             self.artifacts,
@@ -168,6 +177,7 @@ class ManagedAgent:
             asyncio.create_task(self._usage_recorder.run(stop)),
             asyncio.create_task(self._alert_recorder.run(stop)),
         ]
+        federated_watch = asyncio.create_task(self.federated.watch(stop))
         try:
             enrolled = await asyncio.to_thread(self._identities.load) is not None
             if not self._link_settings.control_plane and not enrolled:
@@ -182,6 +192,8 @@ class ManagedAgent:
                 await self.link.run(identity, stop)
         finally:
             sampler.cancel()
+            federated_watch.cancel()
+            await self.federated.close()  # SuperNodes stop with the agent
             for recorder in recorders:
                 if not stop.is_set():  # failed: the recorders stop too (and write their queue)
                     recorder.cancel()
@@ -216,6 +228,7 @@ class ManagedAgent:
                 if not self.rollout.settle(desired, pool):
                     break
             await asyncio.to_thread(self.rollout.retain, desired)
+            await self.federated.apply(desired.federated_tasks)
             return self._status(desired)
 
     def _status(self, desired: DesiredState) -> AgentStatus:
@@ -229,6 +242,7 @@ class ManagedAgent:
         keys = self.inference_keys.status_item()
         if keys is not None:
             items.append(keys)
+        items += self.federated.statuses()
         return AgentStatus(observed_generation=desired.generation, items=tuple(items))
 
     def _publish_status(self) -> None:

@@ -61,6 +61,9 @@ class AgentSettings:
     # reach this one's OpenAI HTTP port with forwarded requests (empty: it takes none).
     inference_address: str = ""
     download_rate_limit: int = 0  # bytes per second for model downloads; 0: unlimited
+    # Managed mode: where the site's federated fine-tuning datasets lie, one directory each,
+    # named as the admin names them in a job (default: STATE_DIR/datasets). Read, never sent.
+    datasets_dir: Path | None = None
 
 
 _INT_FIELDS = {
@@ -73,7 +76,7 @@ _INT_FIELDS = {
     "max_request_bytes",
     "max_stop_sequences",
 }
-_PATH_FIELDS = {"state_dir"}
+_PATH_FIELDS = {"state_dir", "datasets_dir"}
 _BOOL_FIELDS = {"insecure_control"}
 _MODEL_INT_FIELDS = {
     "context_length",

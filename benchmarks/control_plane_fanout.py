@@ -213,6 +213,8 @@ class ControlPlane:
                 "0",
                 "--mtls-port",
                 "0",
+                "--fleet-port",
+                "0",
                 "--log-level",
                 "INFO",  # the ports are logged at INFO
             ],

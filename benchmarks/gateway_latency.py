@@ -187,7 +187,13 @@ def serve_control_plane(
     """Child process: `outpost serve` on 127.0.0.1 with SQLite, until SIGTERM."""
     _configure_child(data_dir.parent / "control-plane.log", log_level)
     settings = ControlPlaneSettings(
-        data_dir=data_dir, host=HOST, http_port=0, grpc_port=0, mtls_port=0, log_level=log_level
+        data_dir=data_dir,
+        host=HOST,
+        http_port=0,
+        grpc_port=0,
+        mtls_port=0,
+        fleet_port=0,
+        log_level=log_level,
     )
     asyncio.run(_serve_until_terminated(ControlPlaneServer(settings), ports_out, profile))
 

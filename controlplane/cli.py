@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=port, help="enrollment gRPC port (default 8701)")
     serve.add_argument("--mtls-port", type=port, help="mutual-TLS gRPC port (default 8702)")
     serve.add_argument(
+        "--fleet-port", type=port, help="Flower Fleet API relay, mutual TLS (default 8703)"
+    )
+    serve.add_argument(
         "--advertise-host",
         action="append",
         help="name agents use to reach this host; repeatable (default localhost, 127.0.0.1)",
@@ -188,6 +191,7 @@ def build_settings(args: argparse.Namespace) -> ControlPlaneSettings:
         "http_port": args.http_port,
         "grpc_port": args.grpc_port,
         "mtls_port": args.mtls_port,
+        "fleet_port": args.fleet_port,
         "advertise_hosts": tuple(args.advertise_host) if args.advertise_host else None,
         "insecure": args.insecure or None,
         "log_level": args.log_level,
@@ -195,7 +199,7 @@ def build_settings(args: argparse.Namespace) -> ControlPlaneSettings:
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if args.insecure_cookies:
         settings = replace(settings, console=replace(settings.console, secure_cookies=False))
-    ports = [settings.http_port, settings.grpc_port, settings.mtls_port]
+    ports = [settings.http_port, settings.grpc_port, settings.mtls_port, settings.fleet_port]
     taken = [p for p in ports if p != 0 and ports.count(p) > 1]
     if taken:
         raise UsageError(f"port {taken[0]} is given for two listeners")

@@ -22,6 +22,7 @@ from controlplane.api.app import create_app
 from controlplane.bundle_signing import BundleSigner, signing_directory
 from controlplane.console.enrollment_pages import EnrollmentHint
 from controlplane.db.database import Database
+from controlplane.federated.deployment import FederatedDeployment
 from controlplane.gateway import Gateway
 from controlplane.gateway_parts import GatewayParts
 from controlplane.grpc.agent_auth import AgentAuthenticator
@@ -57,6 +58,7 @@ class ListeningPorts:
     http: int
     grpc: int
     mtls: int
+    fleet: int = 0  # the Flower Fleet API relay
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -187,14 +189,25 @@ class ControlPlaneServer:
                 ),
             )
         )
+        federated = FederatedDeployment(
+            services,
+            ca,
+            settings.data_dir,
+            host=settings.host,
+            fleet_port=settings.fleet_port,
+            advertise_hosts=settings.advertise_hosts,
+            insecure=settings.insecure,
+        )
         try:
             await mtls_server.start()
             await public_server.start()
+            fleet_port = await federated.start()
             http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
-            ports = ListeningPorts(http_socket.getsockname()[1], grpc_port, mtls_port)
+            ports = ListeningPorts(http_socket.getsockname()[1], grpc_port, mtls_port, fleet_port)
             log.info("REST API on http://%s:%d/api/v1/", settings.host, ports.http)
             log.info("agents enroll on %s:%d (gRPC, TLS)", settings.host, ports.grpc)
             log.info("agents connect on %s:%d (gRPC, mutual TLS)", settings.host, ports.mtls)
+            log.info("Flower SuperNodes connect on %s:%d (mutual TLS)", settings.host, ports.fleet)
             if on_listening is not None:
                 on_listening.set_result(ports)
             stop_task = asyncio.create_task(self._stop.wait())
@@ -212,6 +225,7 @@ class ControlPlaneServer:
             http_server.should_exit = True
             await http_task
         finally:
+            await federated.close()
             http_socket.close()
             await gateway_parts.aclose()
             services.db.dispose()

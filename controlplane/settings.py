@@ -29,6 +29,9 @@ class ControlPlaneSettings:
     http_port: int = 8700  # Flower's SuperLink takes 8000 by default
     grpc_port: int = 8701
     mtls_port: int = 8702  # 0: any free port; agents learn it from Discover
+    # The Flower Fleet API relay (mutual TLS) agents' SuperNodes reach; the SuperLink behind
+    # it listens on 127.0.0.1 only. 0: any free port (agents learn it from their tasks).
+    fleet_port: int = 8703
     # Names agents use to reach the control plane; they go into its TLS certificate.
     advertise_hosts: tuple[str, ...] = field(default=("localhost", "127.0.0.1"))
     insecure: bool = False

@@ -97,7 +97,12 @@ def controlplane_settings(
     data_dir: Path, database_url: str | None, **overrides: Any
 ) -> ControlPlaneSettings:
     settings = ControlPlaneSettings(
-        data_dir=data_dir, database_url=database_url, http_port=0, grpc_port=0, mtls_port=0
+        data_dir=data_dir,
+        database_url=database_url,
+        http_port=0,
+        grpc_port=0,
+        mtls_port=0,
+        fleet_port=0,
     )
     return replace(settings, **overrides)
 

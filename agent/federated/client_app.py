@@ -66,6 +66,15 @@ def _dataset(context: Context) -> tuple[Any, Any]:
     return split.train, split.heldout
 
 
+def _load_model(context: Context) -> Any:
+    """The base as a torch model, converted from the GGUF once per site (torch-cache)."""
+    from agent.training.gguf_model import load_gguf_model
+
+    cache = context.node_config.get("torch-cache")
+    cache_dir = Path(cache) if isinstance(cache, str) and cache else None
+    return load_gguf_model(_model_path(context), threads=_threads(context), cache_dir=cache_dir)
+
+
 def _threads(context: Context) -> int:
     value = context.node_config.get("threads", 1)
     return max(1, int(value)) if isinstance(value, int | float) else 1
@@ -82,6 +91,11 @@ def _reply(message: Message, content: RecordDict) -> Message:
     return Message(content=content, reply_to=message)
 
 
+def _job_asked(message: Message) -> str:
+    record = message.content.config_records.get(CONFIG_KEY)
+    return str(record.get("job-id", "")) if record is not None else ""
+
+
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Which job and agent this node serves, and whether its data and model are usable; cheap
@@ -92,6 +106,8 @@ def describe(message: Message, context: Context) -> Message:
     try:
         _model_path(context)
         train, heldout = _dataset(context)
+        if site["job-id"] == _job_asked(message):
+            _load_model(context)  # converts the base now, not in the first round's time
         site["ready"] = True
         site["reason"] = ""
         metrics = MetricRecord({"train-examples": len(train), "heldout-examples": len(heldout)})
@@ -104,13 +120,12 @@ def describe(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    from agent.training.gguf_model import load_gguf_model
     from agent.training.lora_training import TrainingConfig, train_adapter
 
     settings = _check_job(message, context)
     started = time.monotonic()
     examples, _ = _dataset(context)
-    loaded = load_gguf_model(_model_path(context), threads=_threads(context))
+    loaded = _load_model(context)
     load_s = time.monotonic() - started
     config = TrainingConfig(
         rank=settings.rank,
@@ -141,12 +156,11 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Held-out loss of the base model and of the base with the adapter, at this site."""
-    from agent.training.gguf_model import load_gguf_model
     from agent.training.lora_training import heldout_loss
 
     settings = _check_job(message, context)
     _, heldout = _dataset(context)
-    loaded = load_gguf_model(_model_path(context), threads=_threads(context))
+    loaded = _load_model(context)
     tensors = _adapter_in(message)
     base = heldout_loss(
         loaded.model, loaded.tokenizer, heldout, None, settings.max_seq_len, alpha=settings.alpha

@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,8 @@ def node_config(task: FederatedTask, context: NodeContext) -> str:
         "dataset-dir": str(context.datasets_dir / task.dataset),
         "model-path": str(context.model_path(task.base_sha256)),
         "base-sha256": task.base_sha256,
+        # the base converted for torch once, reused by every round's fresh ClientApp process
+        "torch-cache": str(context.work_dir / "torch-models" / task.base_sha256),
         "threads": task.threads,
     }
     parts = []
@@ -104,7 +106,7 @@ class SuperNodes:
     def __init__(
         self,
         context: NodeContext,
-        fleet_address: Callable[[FederatedTask], asyncio.Future[str] | str],
+        fleet_address: Callable[[FederatedTask], Awaitable[str]],
         *,
         executable_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
@@ -144,9 +146,7 @@ class SuperNodes:
                     self._refused[job_id] = f"the SuperNode did not start: {exc}"
 
     async def _start(self, task: FederatedTask) -> _Node:
-        address = self._fleet_address(task)
-        if not isinstance(address, str):
-            address = await address
+        address = await self._fleet_address(task)
         home = self._context.work_dir / task.job_id
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {

@@ -287,6 +287,8 @@ def check_round(report: RoundReport, job: FederatedJobView) -> dict[str, Any]:
             agent(a): {
                 "train_loss": _metric(values.get("train_loss")),
                 "heldout_loss": _metric(values.get("heldout_loss")),
+                # evaluation rounds: the base model's held-out loss beside the adapter's
+                "base_heldout_loss": _metric(values.get("base_heldout_loss")),
                 "examples": _count(values.get("examples", 0), "examples"),
             }
             for a, values in report.sites.items()

@@ -52,6 +52,7 @@ class SiteRounds(Strategy):
         self._directory = directory
         self._offset = first_round - 1  # Flower counts from 1 in every run
         self._started = 0.0
+        self._started_at = 0.0
         self._bytes_down = 0
 
     def summary(self) -> None:
@@ -61,6 +62,7 @@ class SiteRounds(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._started = time.monotonic()
+        self._started_at = time.time()
         messages = list(
             self._inner.configure_train(server_round, arrays, config, JobGrid(grid, self._sites))
         )
@@ -105,6 +107,8 @@ class SiteRounds(Strategy):
             "sites": per_site,
             "bytes_down": self._bytes_down,
             "bytes_up": bytes_up,
+            "started_at": self._started_at,
+            "finished_at": time.time(),
             "wall_s": time.monotonic() - self._started,
             "train_s": max((m.get("train-seconds", 0.0) for m in per_site.values()), default=0.0),
             "load_s": max((m.get("load-seconds", 0.0) for m in per_site.values()), default=0.0),

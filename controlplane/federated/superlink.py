@@ -42,7 +42,8 @@ class SuperLink:
         self.directory = directory
         self._bin = executable_dir or Path(sys.executable).parent
         self._process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        # Chosen once, so that the relay in front of it and a restarted SuperLink agree.
+        self.port = free_loopback_port()
 
     @property
     def address(self) -> str:
@@ -69,7 +70,6 @@ class SuperLink:
                 self._process.returncode,
             )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.port = free_loopback_port()
         home = self.directory / "flower-home"
         home.mkdir(exist_ok=True, mode=0o700)
         (home / "config.toml").write_text(

@@ -63,7 +63,7 @@ def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
     data_dir = tmp_path / "cp"
     process = LoggedProcess(
         [sys.executable, "-m", "controlplane.cli", "serve", "--data-dir", str(data_dir),
-         "--http-port", "0", "--grpc-port", "0", "--mtls-port", "0"]
+         "--http-port", "0", "--grpc-port", "0", "--mtls-port", "0", "--fleet-port", "0"]
     )  # fmt: skip
     try:
         fingerprint = process.wait_for(r"sha256 fingerprint ([0-9a-f]{64})").group(1)

@@ -2,55 +2,56 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import subprocess
 import sys
-from types import ModuleType
+from importlib.machinery import ModuleSpec
 
 import pytest
 
 from agent.training import capability
 
 
-def test_available_when_every_module_imports(monkeypatch: pytest.MonkeyPatch) -> None:
-    imported: list[str] = []
+def test_available_when_every_module_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up: list[str] = []
+    real = importlib.util.find_spec
 
-    def fake(name: str) -> ModuleType:
-        imported.append(name)
-        return ModuleType(name)
+    def fake(name: str, package: str | None = None) -> ModuleSpec | None:
+        looked_up.append(name)
+        return real(name, package)
 
-    monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
     assert capability.training_unavailable_reason() is None
-    assert imported == ["torch", "transformers", "peft", "flwr"]
+    assert looked_up == ["torch", "transformers", "peft", "flwr"]
+    assert capability.training_capability() == "federated-training"
 
 
 @pytest.mark.parametrize("missing", ["torch", "transformers", "peft", "flwr"])
 def test_a_missing_module_is_named_with_the_fix(
     monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    real = importlib.import_module
+    real = importlib.util.find_spec
 
-    def fake(name: str) -> ModuleType:
-        if name == missing:
-            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
-        return ModuleType(name) if name in capability.TRAIN_MODULES else real(name)
+    def fake(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == missing else real(name, package)
 
-    monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
     reason = capability.training_unavailable_reason()
     assert reason == (
         f"the agent's train extra is not installed (no module named '{missing}'); "
         "install outpost[train]"
     )
+    assert capability.training_capability() == f"no-federated-training: {reason}"
 
 
-def test_a_broken_module_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake(name: str) -> ModuleType:
-        raise OSError("libtorch_cpu.so: cannot open shared object file\nmore detail")
+def test_a_broken_lookup_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake(name: str, package: str | None = None) -> ModuleSpec | None:
+        raise ValueError("torch.__spec__ is None\nmore detail")
 
-    monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
     reason = capability.training_unavailable_reason()
     assert reason is not None
-    assert "importing torch failed (OSError: libtorch_cpu.so" in reason
+    assert "train extra is broken (torch: torch.__spec__ is None)" in reason
     assert "\n" not in reason
 
 
