@@ -11,6 +11,7 @@ from controlplane.console.admin_pages import admin_routes
 from controlplane.console.alert_pages import alert_routes
 from controlplane.console.enrollment_pages import EnrollmentHint, enrollment_routes
 from controlplane.console.errors import exception_handlers
+from controlplane.console.federated_pages import federated_routes
 from controlplane.console.fleet_pages import fleet_routes
 from controlplane.console.gate import ConsoleGate
 from controlplane.console.key_pages import key_routes
@@ -46,6 +47,7 @@ def console_router(
         *login_routes(services.users, gate, limiter, services.audit, renderer),
         *fleet_routes(services, gate, renderer, settings),
         *model_routes(services, gate, renderer, settings),
+        *federated_routes(services, gate, renderer, settings),
         *policy_routes(services, gate, renderer),
         *usage_routes(services, gate, renderer),
         *alert_routes(services, gate, renderer),

@@ -73,6 +73,14 @@
       form.querySelector("button[type=submit]").disabled = false;
     });
   }
+  // A form with data-confirm asks first (delegated: refreshed fragments hold such forms too).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form instanceof HTMLFormElement && form.dataset.confirm &&
+        !window.confirm(form.dataset.confirm)) {
+      event.preventDefault();
+    }
+  });
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("form[data-upload]").forEach(function (form) {
       form.addEventListener("submit", function (event) { upload(form, event); });
