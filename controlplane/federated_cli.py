@@ -90,7 +90,6 @@ def add_federated_commands(
     start.add_argument(
         "--participant-wait", type=_seconds, help="wait for the minimum participants (5m)"
     )
-    start.add_argument("--secure-aggregation", action="store_true", help="Flower's SecAgg+")
     start.add_argument("--alias", help="the served model alias to roll the adapter out with")
     start.add_argument("--adapter-name", help="the adapter's name (default fl-<job id>)")
     status = actions.add_parser("status", parents=[common], help="a job's state and rounds")
@@ -135,8 +134,6 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
             "noise_multiplier": args.dp_noise,
             "clipping_norm": args.dp_clip,
         }
-    if args.secure_aggregation:
-        body["secure_aggregation"] = True
     return body
 
 

@@ -31,11 +31,11 @@ class TaskError(ValueError):
 
 
 def check_task(task: FederatedTask) -> None:
-    if not _JOB_ID.match(task.job_id):
+    if not _JOB_ID.fullmatch(task.job_id):
         raise TaskError(f"federated task: job id {task.job_id[:80]!r} is not a UUID")
-    if not _DATASET.match(task.dataset) or task.dataset in (".", ".."):
+    if not _DATASET.fullmatch(task.dataset) or task.dataset in (".", ".."):
         raise TaskError(f"job {task.job_id}: dataset name {task.dataset[:80]!r} is not allowed")
-    if not _SHA256.match(task.base_sha256):
+    if not _SHA256.fullmatch(task.base_sha256):
         raise TaskError(f"job {task.job_id}: base model sha256 is not 64 lowercase hex digits")
     if not 0 < task.fleet_port < 65536:
         raise TaskError(f"job {task.job_id}: fleet port {task.fleet_port} is out of range")

@@ -298,3 +298,25 @@ def heldout_loss(
             return _inference_loss(peft_model, sequences, pad_id, batch_size)
     finally:
         model.train(was_training)
+
+
+def adapted_logits(
+    model: Any,
+    token_ids: Sequence[int],
+    tensors: Mapping[str, npt.NDArray[np.generic]] | None,
+    *,
+    alpha: int,
+) -> npt.NDArray[np.float32]:
+    """The logits (tokens × vocabulary) of ``model`` on one sequence, with the adapter applied
+    at scale ``alpha / rank`` (or of the base when ``tensors`` is None): the reference an
+    exported GGUF adapter is checked against. The model is left as it was given."""
+    import torch
+
+    ids = torch.tensor([list(token_ids)])
+    with torch.no_grad():
+        if tensors is None:
+            return np.asarray(model(ids).logits[0].numpy(), dtype=np.float32)
+        rank, targets = adapter_geometry(tensors)
+        with lora_attached(model, rank, alpha, targets) as peft_model:
+            _load_tensors(peft_model, tensors)
+            return np.asarray(peft_model(ids).logits[0].numpy(), dtype=np.float32)

@@ -210,7 +210,7 @@ def job_spec_from(document: object) -> FederatedJobSpec:
             gate, "min_heldout_loss_drop_pct", 0.0, 100.0, 1.0, "gate.min_heldout_loss_drop_pct"
         ),
         differential_privacy=None if dp is None else _privacy(dp),
-        secure_aggregation=_bool(document.get("secure_aggregation", False), "secure_aggregation"),
+        secure_aggregation=_secure_aggregation(document.get("secure_aggregation", False)),
         threads=_int(training, "threads", THREADS, 1, "training.threads"),
         nice=_int(training, "nice", NICE, 10, "training.nice"),
         deploy_alias=_optional_identifier(deploy.get("alias"), "deploy.alias", "a model alias"),
@@ -399,3 +399,16 @@ def _optional_identifier(value: object, name: str, what: str) -> str | None:
         return check_identifier(value, what)
     except InvalidArgument as exc:
         raise InvalidArgument(f"'{name}': {exc}") from None
+
+
+def _secure_aggregation(value: object) -> bool:
+    """Refused when asked for: Flower 1.42 has SecAgg+ only in its legacy workflow API (the
+    server's SecAggPlusWorkflow with the client's secaggplus_mod), not for the Message API
+    strategies the jobs run on. Differential privacy is available instead."""
+    if _bool(value, "secure_aggregation"):
+        raise InvalidArgument(
+            "secure_aggregation is not available: Flower 1.42 offers secure aggregation "
+            "(SecAgg+) only with its legacy workflow API, not with the Message API strategies "
+            "these jobs run on; use differential_privacy to protect the sites' updates"
+        )
+    return False

@@ -76,6 +76,9 @@ def read_evaluation(directory: Path) -> Evaluation:
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in (base, tuned)):
             failed[str(agent)] = "its held-out losses are not finite numbers"
             continue
+        if not isinstance(examples, int | float) or not math.isfinite(examples) or examples < 1:
+            failed[str(agent)] = "its held-out example count is not a positive number"
+            continue
         sites[str(agent)] = SiteEvaluation(float(base), float(tuned), int(examples))
     return Evaluation(sites, failed)
 

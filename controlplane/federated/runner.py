@@ -201,6 +201,8 @@ class FederatedRunner:
             if run_id is not None:
                 self._followed[job.id] = run_id
             return
+        if (directory / RESULT_FILE).exists():
+            return  # written just before the run finished: the next tick reads it
         # The run ended without a result: the SuperLink (or the control plane) restarted.
         self._resume(job, recorded)
 

@@ -120,6 +120,7 @@ class SiteRounds(Strategy):
                 + "; ".join(f"{a}: {r}" for a, r in sorted(dropped.items()))
                 + ")"
             )
+        _common_metrics(accepted)
         arrays, metrics = self._inner.aggregate_train(server_round, accepted)
         if arrays is not None:
             tensors = {key: array.numpy() for key, array in arrays.items()}
@@ -133,9 +134,15 @@ class SiteRounds(Strategy):
         content = reply.content
         if ADAPTER_KEY not in content.array_records or METRICS_KEY not in content.metric_records:
             return "the reply lacks the adapter or its metrics"
+        if len(content) != 2:
+            return "the reply carries other records than the adapter and its metrics"
         examples = content.metric_records[METRICS_KEY].get(NUM_EXAMPLES)
         if not isinstance(examples, int | float) or not math.isfinite(examples) or examples <= 0:
             return f"the reply's {NUM_EXAMPLES} is not a positive number"
+        if not all(
+            isinstance(v, int | float) for v in content.metric_records[METRICS_KEY].values()
+        ):
+            return "the reply's metrics are not all numbers"
         try:
             tensors = {k: a.numpy() for k, a in content.array_records[ADAPTER_KEY].items()}
             check_adapter(tensors, self._shapes)
@@ -152,6 +159,16 @@ class SiteRounds(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return None
+
+
+def _common_metrics(replies: list[Message]) -> None:
+    """Keeps in each reply the metrics every reply has: FedAvg refuses replies whose metric
+    names differ, and one site's extra metric must not abort the round (it is recorded per
+    site anyway)."""
+    records = [reply.content.metric_records[METRICS_KEY] for reply in replies]
+    common = set.intersection(*(set(record) for record in records)) if records else set()
+    for reply, record in zip(replies, records, strict=True):
+        reply.content[METRICS_KEY] = MetricRecord({k: v for k, v in record.items() if k in common})
 
 
 def _array_bytes(arrays: ArrayRecord) -> int:

@@ -59,7 +59,7 @@ def _llama(model: Path, lora: Path | None = None) -> llama_cpp.Llama:
     )
 
 
-def _llama_logits(model: Path, tokens: list[int], lora: Path | None = None) -> Logits:
+def llama_logits(model: Path, tokens: list[int], lora: Path | None = None) -> Logits:
     llm = _llama(model, lora)
     try:
         llm.eval(tokens)
@@ -125,7 +125,7 @@ def _export_and_compare(f32_model: Path, reference: Reference, target: Path) -> 
     adapter = gguf_lora.export_gguf_lora(
         reference.tensors, base_gguf=f32_model, alpha=ALPHA, target=target
     )
-    logits = _llama_logits(f32_model, reference.tokens, adapter)
+    logits = llama_logits(f32_model, reference.tokens, adapter)
     difference = np.abs(logits - reference.adapted)
     last = float(difference[-1].max())
     print(f"\nmax |dlogit| vs torch+peft: all positions {difference.max():.4f}, last {last:.4f}")
@@ -135,7 +135,7 @@ def _export_and_compare(f32_model: Path, reference: Reference, target: Path) -> 
 def test_the_reference_adapter_moves_the_logits(f32_model: Path, reference: Reference) -> None:
     assert np.abs(reference.adapted - reference.base).max() > 0.5
     # The F32 copy itself agrees with torch: what remains below is the adapter's doing.
-    base = _llama_logits(f32_model, reference.tokens)
+    base = llama_logits(f32_model, reference.tokens)
     assert np.abs(base - reference.base).max() < TOLERANCE
 
 

@@ -64,7 +64,7 @@ def test_every_field_round_trips_through_json() -> None:
         "participant_wait_s": 86_400,
         "gate": {"min_heldout_loss_drop_pct": 0},
         "differential_privacy": {"noise_multiplier": 0, "clipping_norm": 1e6},
-        "secure_aggregation": True,
+        "secure_aggregation": False,
         "training": {"threads": 256, "nice": 19},
         "deploy": {"alias": "smol", "adapter_name": "support-v1"},
     }
@@ -169,6 +169,7 @@ def test_every_field_round_trips_through_json() -> None:
         ),
         ({"secure_aggregation": "yes"}, "'secure_aggregation' must be true or false"),
         ({"secure_aggregation": 1}, "'secure_aggregation' must be true or false"),
+        ({"secure_aggregation": True}, "secure_aggregation is not available: Flower 1.42"),
         ({"training": {"threads": 0}}, "'training.threads' must be between 1 and 256"),
         ({"training": {"threads": 257}}, "'training.threads' must be between 1 and 256"),
         ({"training": {"nice": -1}}, "'training.nice' must be between 0 and 19"),
