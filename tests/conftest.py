@@ -18,6 +18,7 @@ from tests.agent_harness import GenerationLog, RecordingBackend, RunningAgent, a
 from tests.postgres import PostgresServer, start_postgres
 
 MODEL_ALIAS = "smol"
+DEMO_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CONTEXT_LENGTH = 1024
 # Greedy decoding keeps counting until max_tokens: a long generation on demand.
 COUNTING_PROMPT = "1, 2, 3, 4, 5,"
@@ -37,6 +38,34 @@ GREEDY = ResolvedSampling(
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     return ensure_demo_model(default_cache_dir(os.environ))
+
+
+@pytest.fixture(scope="session")
+def f32_demo_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An F32 dequantized copy of the demo model (540 MB, made once per run): llama.cpp's
+    logits on it agree with torch's, so GGUF LoRA exports are checked against it."""
+    from common.federated.gguf_dequantize import dequantized_copy
+
+    return dequantized_copy(demo_model, tmp_path_factory.mktemp("f32") / "smol-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def torch_cache(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model converted for torch once per run (the ~20 s a site spends once per base);
+    tests seed agents' caches from it (seed_torch_cache) instead of converting at every site."""
+    from agent.training.gguf_model import load_gguf_model
+
+    cache = tmp_path_factory.mktemp("torch-cache") / DEMO_SHA256
+    load_gguf_model(demo_model, threads=2, cache_dir=cache)
+    return cache
+
+
+def seed_torch_cache(torch_cache: Path, agent_state_dir: Path) -> None:
+    """The agent's federated work directory holds the converted base already (hard links)."""
+    target = agent_state_dir / "federated" / "torch-models" / torch_cache.name
+    target.mkdir(parents=True)
+    for item in torch_cache.iterdir():
+        os.link(item, target / item.name)
 
 
 def llama_factory(log: GenerationLog | None = None) -> BackendFactory:

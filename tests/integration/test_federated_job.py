@@ -18,9 +18,9 @@ import pytest
 from gguf import GGUFReader
 
 from common.federated.adapter_tensors import load_adapter
-from common.federated.gguf_dequantize import dequantized_copy
 from controlplane.federated.outcome import ADAPTER_FILE
 from controlplane.federated.run_plan import FINAL_ADAPTER
+from tests.conftest import DEMO_SHA256, seed_torch_cache
 from tests.controlplane_harness import (
     RunningControlPlane,
     controlplane_settings,
@@ -28,7 +28,6 @@ from tests.controlplane_harness import (
     wait_until,
 )
 from tests.integration.test_gguf_lora_verify import llama_logits
-from tests.integration.test_model_distribution import DEMO_SHA256
 
 pytestmark = pytest.mark.model
 
@@ -75,7 +74,7 @@ def completion(base: str, model: str) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def finished_job(
-    demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+    demo_model: Path, torch_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FinishedJob]:
     root = tmp_path_factory.mktemp("federated")
     settings = controlplane_settings(root / "cp", None)
@@ -84,6 +83,7 @@ def finished_job(
         for site in SITES:
             state = root / site
             write_dataset(state / "datasets" / "support", site)
+            seed_torch_cache(torch_cache, state)
             running, companion = managed_agent(
                 state, cp.enroll_address, cp.create_token(site="hq"), cp.fingerprint
             )
@@ -200,12 +200,12 @@ def test_the_adapter_is_served_per_request(finished_job: FinishedJob) -> None:
 
 
 def test_llama_cpp_with_the_exported_adapter_matches_torch(
-    finished_job: FinishedJob, demo_model: Path, tmp_path: Path
+    finished_job: FinishedJob, f32_demo_model: Path
 ) -> None:
     from agent.training.gguf_model import load_gguf_model
     from agent.training.lora_training import adapted_logits
 
-    f32 = dequantized_copy(demo_model, tmp_path / "smol-f32.gguf")
+    f32 = f32_demo_model
     tensors = load_adapter(finished_job.job_dir / FINAL_ADAPTER, 1 << 30)
     vocab = llama_cpp.Llama(str(f32), vocab_only=True, n_ctx=64, verbose=False)
     tokens = vocab.tokenize(b"Ticket 3: the printer on floor", add_bos=False)

@@ -6,7 +6,6 @@ activations and differs from torch by ~1-2 in the logits, which would hide a wro
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import numpy.typing as npt
 import pytest
 
 import common.federated.gguf_lora as gguf_lora
-from common.federated.gguf_dequantize import dequantized_copy
 
 pytestmark = pytest.mark.model
 
@@ -40,11 +38,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def f32_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    started = time.perf_counter()
-    copy = dequantized_copy(demo_model, tmp_path_factory.mktemp("f32") / "smol-f32.gguf")
-    print(f"\ndequantized copy: {time.perf_counter() - started:.1f} s")
-    return copy
+def f32_model(f32_demo_model: Path) -> Path:
+    return f32_demo_model
 
 
 def _llama(model: Path, lora: Path | None = None) -> llama_cpp.Llama:

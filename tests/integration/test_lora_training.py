@@ -181,3 +181,17 @@ def test_a_wrong_initial_adapter_is_refused(loaded: LoadedModel, initial: Adapte
     with pytest.raises(AdapterError, match=r"layers\.3\.q_proj\.lora_B"):
         heldout_loss(loaded.model, loaded.tokenizer, EXAMPLES, poisoned, SEQ, alpha=ALPHA)
     assert not [n for n, _ in loaded.model.named_modules() if "lora" in n]
+
+
+def test_a_cached_conversion_is_the_same_model(
+    loaded: LoadedModel, demo_model: Path, torch_cache: Path
+) -> None:
+    """The torch cache a site keeps (agent.training.gguf_model) gives the very model the GGUF
+    gives: same held-out loss, same tokenizer; and it is what a second load reads."""
+    again = load_gguf_model(demo_model, threads=2, cache_dir=torch_cache)
+    assert (torch_cache / "converted.ok").is_file()
+    text = EXAMPLES[0].text or "a ticket about the printer"
+    assert again.tokenizer(text)["input_ids"] == loaded.tokenizer(text)["input_ids"]
+    direct = heldout_loss(loaded.model, loaded.tokenizer, EXAMPLES, None, 32, alpha=8)
+    cached = heldout_loss(again.model, again.tokenizer, EXAMPLES, None, 32, alpha=8)
+    assert cached == pytest.approx(direct, abs=1e-5)
