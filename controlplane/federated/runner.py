@@ -67,6 +67,10 @@ class FederatedRunner:
 
     def run(self, stop: threading.Event) -> None:
         self._clear_stale_tasks()
+        try:
+            self._adopt()
+        except Exception:  # logged; such a job is resumed by the next ticks
+            log.exception("the federated runner could not take over the running jobs")
         while not stop.is_set():
             try:
                 self.tick()
@@ -181,6 +185,22 @@ class FederatedRunner:
         except NotFound:
             return None
 
+    def _adopt(self) -> None:
+        """Jobs that were running when the control plane stopped: their ServerApp died with
+        the SuperLink it ran under, so each goes on in a new run from its last finished round
+        (the job's directory keeps every round's aggregate)."""
+        for job in self._jobs.active():
+            if job.state == "pending":
+                continue
+            old = _run_id(job)
+            if old is not None:
+                self._link.ensure_running()
+                self._stop_run(job.id, old)  # the SuperLink's database may still call it running
+            directory = self._directory(job.id)
+            if (directory / RESULT_FILE).exists():
+                continue  # it ended meanwhile: the first tick reads the result
+            self._resume(job, self._record_rounds(job, directory))
+
     # -- following ------------------------------------------------------------------------
 
     def _follow(self, job: FederatedJobView) -> None:
@@ -218,15 +238,21 @@ class FederatedRunner:
     def _resume(self, job: FederatedJobView, recorded: int) -> None:
         count = self._resumes.get(job.id, 0) + 1
         self._resumes[job.id] = count
-        if count > MAX_RESUMES or recorded >= job.spec.rounds:
-            self._fail(job, "the Flower run ended without a result")
+        if count > MAX_RESUMES:
+            self._fail(job, f"the Flower run ended without a result {count} times")
             return
         directory = self._directory(job.id)
         plan = self._plan(job, first_round=recorded + 1)
         (directory / PLAN_FILE).write_text(plan.to_json(), encoding="utf-8")
+        # The relay's port may have changed with a restart: the agents get it anew.
+        self._set_tasks(job.id, {p.agent_id: self._task(job, p.dataset) for p in job.participants})
+        self._link.ensure_running()
         run_id = self._link.start_run(directory)
         self._followed[job.id] = run_id
-        self._jobs.mark_running(job.id, recorded + 1, flower_run_id=run_id)
+        if job.state == "running":  # past the last round, the new run only evaluates
+            self._jobs.mark_running(
+                job.id, min(recorded + 1, job.spec.rounds), flower_run_id=run_id
+            )
         log.info(
             "federated job %s: resumed at round %d (Flower run %d)", job.id, recorded + 1, run_id
         )

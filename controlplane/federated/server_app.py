@@ -173,17 +173,19 @@ def main(grid: Grid, context: Context) -> None:
             start = load_adapter(Path(plan.initial_adapter), MAX_ADAPTER_BYTES)
         else:
             start = initial_adapter(shapes, plan.seed)
-        rounds = SiteRounds(
-            _strategy(plan, sites), sites, shapes, directory, first_round=plan.first_round
-        )
-        result = rounds.start(
-            grid=grid,
-            initial_arrays=_array_record(start),
-            num_rounds=plan.rounds - plan.first_round + 1,
-            timeout=plan.round_timeout_s,
-            train_config=_settings(plan).to_config(),
-        )
-        final = {key: array.numpy() for key, array in result.arrays.items()}
+        final = start  # a run resumed after the last round only evaluates
+        if plan.first_round <= plan.rounds:
+            rounds = SiteRounds(
+                _strategy(plan, sites), sites, shapes, directory, first_round=plan.first_round
+            )
+            result = rounds.start(
+                grid=grid,
+                initial_arrays=_array_record(start),
+                num_rounds=plan.rounds - plan.first_round + 1,
+                timeout=plan.round_timeout_s,
+                train_config=_settings(plan).to_config(),
+            )
+            final = {key: array.numpy() for key, array in result.arrays.items()}
         save_adapter(directory / FINAL_ADAPTER, final)
         evaluate_sites(grid, plan, sites, final)
     except (ParticipantsMissing, RoundFailed) as exc:
