@@ -179,26 +179,6 @@ def lora_shapes_from_gguf(
     return shapes
 
 
-def initial_adapter(
-    shapes: Mapping[str, tuple[int, int]], rank: int, seed: int
-) -> dict[str, npt.NDArray[np.float32]]:
-    """Round 1's adapter: A as peft inits it (kaiming-uniform, a=sqrt(5)), B zeros, seeded."""
-    rng = np.random.default_rng(seed)
-    adapter: dict[str, npt.NDArray[np.float32]] = {}
-    for key in sorted(shapes, key=parse_lora_key):  # a fixed order: the same seed, the same A
-        rows, cols = shapes[key]
-        matrix = parse_lora_key(key)[2]
-        if (rows if matrix == LORA_A else cols) != rank:
-            raise ValueError(f"{key!r} has shape {(rows, cols)}, not rank {rank}")
-        if matrix == LORA_A:
-            # kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / (1 + 5)) * sqrt(3) / sqrt(fan_in)
-            bound = 1.0 / np.sqrt(cols)
-            adapter[key] = rng.uniform(-bound, bound, size=(rows, cols)).astype(np.float32)
-        else:
-            adapter[key] = np.zeros((rows, cols), dtype=np.float32)
-    return adapter
-
-
 def permute_rope_rows(rows: npt.NDArray[np.floating], n_heads: int) -> npt.NDArray[np.floating]:
     """Reorder rows per head, as llama.cpp's converter does to attn_q/attn_k: within each head,
     the first half and second half of the rotary pairs are interleaved."""

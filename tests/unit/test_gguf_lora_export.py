@@ -10,13 +10,9 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
 from gguf.quants import dequantize, quantize
 
+from common.federated.adapter_tensors import initial_adapter
 from common.federated.gguf_dequantize import dequantized_copy
-from common.federated.gguf_lora import (
-    export_gguf_lora,
-    initial_adapter,
-    lora_shapes_from_gguf,
-    permute_rope_rows,
-)
+from common.federated.gguf_lora import export_gguf_lora, lora_shapes_from_gguf, permute_rope_rows
 
 N_LAYERS = 30  # SmolLM2-135M
 TARGETS = ("q_proj", "k_proj", "v_proj", "down_proj")
@@ -32,7 +28,7 @@ def shapes(demo_model: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture
 def adapter(shapes: dict[str, tuple[int, int]]) -> Adapter:
-    tensors = initial_adapter(shapes, RANK, seed=1)
+    tensors = initial_adapter(shapes, seed=1)
     rng = np.random.default_rng(2)
     for key, value in tensors.items():
         if key.endswith("lora_B"):
@@ -83,7 +79,7 @@ def test_non_llama_and_non_gguf_bases_are_refused(tmp_path: Path) -> None:
 
 
 def test_initial_adapter_is_peft_like_and_seeded(shapes: dict[str, tuple[int, int]]) -> None:
-    first = initial_adapter(shapes, RANK, seed=7)
+    first = initial_adapter(shapes, seed=7)
     assert first.keys() == shapes.keys()
     for key, value in first.items():
         assert value.shape == shapes[key]
@@ -96,12 +92,10 @@ def test_initial_adapter_is_peft_like_and_seeded(shapes: dict[str, tuple[int, in
             assert np.abs(value).max() > 0.9 * bound  # uniform over the whole range
     a = np.concatenate([v.ravel() * np.sqrt(v.shape[1]) for k, v in first.items() if "A" in k])
     assert abs(a.std() - 1 / np.sqrt(3)) < 0.02  # uniform(-1, 1) after scaling
-    again = initial_adapter(dict(reversed(shapes.items())), RANK, seed=7)
+    again = initial_adapter(dict(reversed(shapes.items())), seed=7)
     assert all(np.array_equal(first[k], again[k]) for k in shapes)
-    other = initial_adapter(shapes, RANK, seed=8)
+    other = initial_adapter(shapes, seed=8)
     assert not np.array_equal(first["layers.0.q_proj.lora_A"], other["layers.0.q_proj.lora_A"])
-    with pytest.raises(ValueError, match="not rank 3"):
-        initial_adapter(shapes, 3, seed=7)
 
 
 def test_permutation_interleaves_rotary_halves() -> None:
