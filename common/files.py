@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -24,6 +25,27 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that opens files by name (e.g. GGUFWriter);
+    when the block ends, the file is fsynced, given `mode` and renamed over `path`. On an
+    error it is removed and `path` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        yield temp
+        with temp.open("rb") as written:
+            os.fsync(written.fileno())
+        temp.chmod(mode)  # mkstemp's 0600 would keep other users (a serving agent) out
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
 

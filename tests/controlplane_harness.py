@@ -68,9 +68,12 @@ class RunningControlPlane:
             timeout=30,
         )
 
-    def assign_demo_model(self, demo_model: Path, agent_id: str, alias: str = "smol") -> None:
+    def assign_demo_model(
+        self, demo_model: Path, agent_id: str | None = None, alias: str = "smol", *, site: str = ""
+    ) -> None:
         """Imports the demo model into the registry (once: it is content-addressed) and assigns
-        it to the agent as `alias` with a 512-token context."""
+        it to the agent (or to every agent of `site`) as `alias` with a 512-token context."""
+        target = {"site": site} if site else {"agent": agent_id}
         with self.api() as api:
             with demo_model.open("rb") as handle:
                 imported = api.post(
@@ -82,7 +85,7 @@ class RunningControlPlane:
             assert imported.status_code == 201, imported.text
             assigned = api.post(
                 "/assignments",
-                json={"model": "smollm2", "agent": agent_id, "alias": alias, "context_length": 512},
+                json={"model": "smollm2", **target, "alias": alias, "context_length": 512},
             )
             assert assigned.status_code == 201, assigned.text
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common.files import atomic_output
 
 # Fields the writer sets itself, or that would lie about an all-F32 file.
 _SKIPPED = ("general.architecture", "general.file_type", "general.quantization_version")
@@ -20,11 +20,7 @@ def dequantized_copy(base_gguf: Path, target: Path) -> Path:
 
     reader = GGUFReader(base_gguf, "r")
     architecture = reader.fields["general.architecture"].contents()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
+    with atomic_output(target) as temp:
         writer = GGUFWriter(temp, str(architecture))
         for field in reader.fields.values():
             if field.name.startswith("GGUF.") or field.name in _SKIPPED:
@@ -49,11 +45,4 @@ def dequantized_copy(base_gguf: Path, target: Path) -> Path:
             shape = tuple(int(d) for d in reversed(tensor.shape))
             writer.write_tensor_data(np.ascontiguousarray(data, dtype=np.float32).reshape(shape))
         writer.close()
-        with temp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        temp.chmod(0o644)  # mkstemp's 0600 would keep other users (a serving agent) out
-        temp.replace(target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return target

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import mmap
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from common.federated.adapter_tensors import (
     lora_key,
     parse_lora_key,
 )
+from common.files import atomic_output
 
 # Hugging Face llama module name -> llama.cpp tensor name (blk.N.<name>.weight).
 LLAMA_CPP_NAMES: Mapping[str, str] = {
@@ -202,11 +201,7 @@ def write_lora_gguf(
     No checks of names or shapes: callers check (tests write damaged adapters through here)."""
     from gguf import GGUFType, GGUFWriter, Keys
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
+    with atomic_output(target) as temp:
         writer = GGUFWriter(temp, architecture)
         writer.add_type(GGUFType.ADAPTER)
         writer.add_string(Keys.Adapter.TYPE, "lora")
@@ -219,13 +214,6 @@ def write_lora_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with temp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        temp.chmod(0o644)  # mkstemp's 0600 would keep other users (a serving agent) out
-        temp.replace(target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return target
 
 

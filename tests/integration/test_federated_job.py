@@ -95,19 +95,7 @@ def finished_job(
             listed = api.get("/agents").json()["agents"]
             assert all("federated-training" in a["capabilities"] for a in listed)
             ids = [a["id"] for a in listed]
-            with demo_model.open("rb") as handle:
-                imported = api.post(
-                    "/models",
-                    content=handle,
-                    params={"name": "smollm2"},
-                    headers={"Content-Type": "application/octet-stream"},
-                )
-            assert imported.status_code == 201, imported.text
-            assigned = api.post(
-                "/assignments",
-                json={"model": "smollm2", "site": "hq", "alias": "smol", "context_length": 512},
-            )
-            assert assigned.status_code == 201, assigned.text
+            cp.assign_demo_model(demo_model, site="hq")
             created = api.post(
                 "/fl/jobs",
                 json={

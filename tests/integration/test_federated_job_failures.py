@@ -59,19 +59,7 @@ def fleet(
                 listed = [a["id"] for a in api.get("/agents").json()["agents"]]
             ids.append(next(i for i in listed if i not in ids))
             companions[ids[-1]] = companion
-        with cp.api() as api, demo_model.open("rb") as handle:
-            imported = api.post(
-                "/models",
-                content=handle,
-                params={"name": "smollm2"},
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert imported.status_code == 201, imported.text
-            assigned = api.post(
-                "/assignments",
-                json={"model": "smollm2", "site": "hq", "alias": "smol", "context_length": 512},
-            )
-            assert assigned.status_code == 201, assigned.text
+        cp.assign_demo_model(demo_model, site="hq")
         yield Fleet(cp, ids[0], ids[1], companions)
 
 
