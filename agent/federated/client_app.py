@@ -46,7 +46,11 @@ def _check_job(message: Message, context: Context) -> RoundSettings:
 
 def _model_path(context: Context) -> Path:
     path = Path(_node_text(context, "model-path"))
-    if not path.is_file():
+    try:
+        present = path.is_file()
+    except OSError as exc:  # e.g. a directory on the way the agent's user may not enter
+        raise SiteError(f"the base model at this site cannot be read: {exc.strerror}") from None
+    if not present:
         sha = _node_text(context, "base-sha256")
         raise SiteError(f"this site does not have the base model sha256:{sha} (not downloaded)")
     return path
@@ -61,6 +65,8 @@ def _dataset(context: Context) -> tuple[Any, Any]:
         split = split_examples(load_dataset(folder.parent, folder.name))
     except DatasetError as exc:
         raise SiteError(f"dataset {folder.name!r}: {exc}") from None
+    except OSError as exc:  # e.g. a directory on the way the agent's user may not enter
+        raise SiteError(f"dataset {folder.name!r} cannot be read: {exc.strerror}") from None
     if not split.heldout:
         raise SiteError(f"dataset {folder.name!r} has one example: nothing to hold out")
     return split.train, split.heldout

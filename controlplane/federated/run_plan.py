@@ -4,11 +4,11 @@ ServerApp leaves in the job's directory for the runner to read."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.files import atomic_write
 
 PLAN_FILE = "plan.json"
 NODES_FILE = "nodes.json"  # which Flower nodes answered for which agent, and who was left out
@@ -74,14 +74,7 @@ def round_file(directory: Path, server_round: int, suffix: str) -> Path:
 def write_json(path: Path, value: Any) -> None:
     """Atomically: a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(value, out, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:

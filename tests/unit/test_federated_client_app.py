@@ -5,7 +5,6 @@ for unusable datasets and models, for another job's messages, and what a reply c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -240,39 +239,6 @@ def test_describe_with_an_unreadable_dataset_file(
     reason = not_ready(site, loads)
     assert "'locked'" in reason
     assert "not a regular file" in reason
-
-
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever the mode"
-)
-def test_describe_with_a_dataset_file_without_read_permission(
-    site: dict[str, Any], loads: Loads
-) -> None:
-    data = Path(site["dataset-dir"]) / "data.jsonl"
-    data.chmod(0)
-    try:
-        reason = not_ready(site, loads)
-    finally:
-        data.chmod(0o600)
-    assert "'notes'" in reason
-    assert "cannot read" in reason
-
-
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0,
-    reason="root lists directories whatever the mode",
-)
-def test_describe_with_a_dataset_directory_without_permissions(
-    site: dict[str, Any], loads: Loads
-) -> None:
-    folder = Path(site["dataset-dir"])
-    folder.chmod(0)
-    try:
-        reason = not_ready(site, loads)
-    finally:
-        folder.chmod(0o700)
-    assert "'notes'" in reason
-    assert "cannot list" in reason
 
 
 @pytest.mark.parametrize(
