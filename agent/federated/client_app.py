@@ -81,6 +81,14 @@ def _load_model(context: Context) -> Any:
     return load_gguf_model(_model_path(context), threads=_threads(context), cache_dir=cache_dir)
 
 
+def _converted(context: Context) -> bool:
+    """The base is in this site's torch cache already (loading it would only cost time)."""
+    from agent.training.gguf_model import is_converted
+
+    cache = context.node_config.get("torch-cache")
+    return isinstance(cache, str) and bool(cache) and is_converted(Path(cache))
+
+
 def _threads(context: Context) -> int:
     value = context.node_config.get("threads", 1)
     return max(1, int(value)) if isinstance(value, int | float) else 1
@@ -112,7 +120,7 @@ def describe(message: Message, context: Context) -> Message:
     try:
         _model_path(context)
         train, heldout = _dataset(context)
-        if site["job-id"] == _job_asked(message):
+        if site["job-id"] == _job_asked(message) and not _converted(context):
             _load_model(context)  # converts the base now, not in the first round's time
         site["ready"] = True
         site["reason"] = ""

@@ -60,7 +60,7 @@ def load_gguf_model(
         raise ModelLoadError(f"model file {path} does not exist or is not a file")
     if threads is not None:
         torch.set_num_threads(threads)
-    if cache_dir is not None and (cache_dir / _COMPLETE).is_file():
+    if cache_dir is not None and is_converted(cache_dir):
         try:
             return _finish(*_load_converted(cache_dir))
         except (OSError, ValueError, KeyError, RuntimeError):
@@ -72,6 +72,13 @@ def load_gguf_model(
 
 
 _COMPLETE = "converted.ok"  # written last: a directory without it is incomplete
+
+
+def is_converted(cache_dir: Path) -> bool:
+    """`cache_dir` holds a whole conversion (load_gguf_model reads it instead of the GGUF)."""
+    return (cache_dir / _COMPLETE).is_file()
+
+
 _WEIGHTS = "model.safetensors"
 
 

@@ -49,7 +49,7 @@ def test_a_job_goes_on_after_a_control_plane_restart(
                         "model": "smollm2",
                         "agents": [agent_id],
                         "dataset": "support",
-                        "rounds": 3,
+                        "rounds": 2,
                         "local_steps": 2,
                         "batch_size": 2,
                         "max_seq_len": 32,
@@ -79,5 +79,5 @@ def test_a_job_goes_on_after_a_control_plane_restart(
     assert after["state"] == "succeeded", after["reason"]
     assert after["flower_run_id"] != before["flower_run_id"]  # it went on in a new run
     train = sorted(r["round"] for r in after["round_reports"] if r["phase"] == "train")
-    assert train == [1, 2, 3]
+    assert train == [1, 2]
     assert after["adapter_model_id"] is not None

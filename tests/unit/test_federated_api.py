@@ -78,6 +78,7 @@ def test_an_operator_creates_a_job_that_lists_shows_and_cancels(api: Api) -> Non
     assert shown["round_reports"][0]["sites"][able] == {
         "train_loss": 1.5,
         "heldout_loss": 1.7,
+        "base_heldout_loss": None,
         "examples": 8,
     }
     assert (shown["round_reports"][0]["bytes_down"], shown["round_reports"][0]["bytes_up"]) == (

@@ -298,9 +298,19 @@ def test_round_reports_are_upserted_checked_and_bounded(
     )
     rounds = service.rounds(job_id)
     assert [(r.round, r.phase) for r in rounds] == [(1, "train"), (1, "evaluate")]
-    assert rounds[0].sites[a] == {"train_loss": 2.0, "heldout_loss": 2.2, "examples": 12}
+    assert rounds[0].sites[a] == {
+        "train_loss": 2.0,
+        "heldout_loss": 2.2,
+        "base_heldout_loss": None,
+        "examples": 12,
+    }
     assert (rounds[0].bytes_down, rounds[0].bytes_up, rounds[0].train_s) == (2000, 500, 10.0)
-    assert rounds[1].sites[a] == {"train_loss": None, "heldout_loss": 2.1, "examples": 0}
+    assert rounds[1].sites[a] == {
+        "train_loss": None,
+        "heldout_loss": 2.1,
+        "base_heldout_loss": None,
+        "examples": 0,
+    }
     with services.db.session() as session:
         assert len(session.exec(select(FederatedRoundRecord)).all()) == 2
 
