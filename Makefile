@@ -1,8 +1,10 @@
 # Outpost: `make demo` runs it, `make test` checks it. Both set everything up themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The ten slowest tests are listed at the end of every run (the suite's time is watched).
-PYTEST_ARGS ?= --durations=10
+# Test modules run on parallel workers, one per core (at most 4; a module's tests stay on one
+# worker, so its fixtures are built once); the ten slowest tests are listed at the end of
+# every run (the suite's time is watched).
+PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile --durations=10
 # Portable llama.cpp build: a native one crashes in AMX code on some CPUs, and a package for
 # many sites' CPUs needs it anyway.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF

@@ -159,8 +159,14 @@ class SuperNodes:
             "MKL_NUM_THREADS": str(task.threads),
             "PATH": f"{self._bin}{os.pathsep}{self._environ.get('PATH', '')}",
         }
+        executable = self._bin / "flower-supernode"
+        if not os.access(executable, os.X_OK):  # nice(1) would start and then fail to run it
+            raise OSError(f"{executable} is missing or not executable (install outpost[train])")
         command = [
-            str(self._bin / "flower-supernode"),
+            # nice(1) sets the priority before the SuperNode runs: everything it starts (its
+            # SuperExec, every ClientApp that trains) inherits it. Raising it needs no rights.
+            *(["nice", "-n", str(task.nice)] if task.nice else []),
+            str(executable),
             "--insecure",  # to the local relay on 127.0.0.1, which speaks mutual TLS onwards
             "--superlink",
             address,
@@ -183,9 +189,6 @@ class SuperNodes:
             )
         finally:
             log_file.close()
-        if task.nice:  # before it starts any ClientApp: they inherit it (raising needs no rights)
-            with contextlib.suppress(ProcessLookupError):
-                os.setpriority(os.PRIO_PROCESS, process.pid, task.nice)
         log.info(
             "federated job %s: SuperNode started (pid %d, dataset %s, log %s)",
             task.job_id,

@@ -68,17 +68,21 @@ def test_a_failed_batch_is_counted_and_logged(caplog: pytest.LogCaptureFixture) 
 
 def test_a_full_queue_drops_without_blocking(caplog: pytest.LogCaptureFixture) -> None:
     release = threading.Event()
+    writing = threading.Event()
     written: list[str] = []
 
     def write(batch: list[str]) -> None:
+        writing.set()
         release.wait(10)
         written.extend(batch)
 
     writer = BackgroundWriter(write, name="slow-writer", describe=str, max_waiting=2)
     with caplog.at_level(logging.ERROR):
-        for item in "abcdefgh":  # the thread holds one; two wait; the rest are dropped
+        writer.record("a")
+        assert writing.wait(10)  # the thread holds "a"
+        for item in "bcdefgh":  # two wait; the rest are dropped
             writer.record(item)
-    assert writer.dropped >= 5
+    assert writer.dropped == 5
     assert "slow-writer: 2 waiting;" in caplog.text
     release.set()
     writer.close()
