@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import SQLModel
 
-from agent.demo_model import default_cache_dir, ensure_demo_model
+from agent.demo_model import SMOLLM2, default_cache_dir, ensure_demo_model
 from agent.engine.protocol import ModelBackend, ResolvedSampling
 from agent.model_pool import BackendFactory
 from agent.settings import ModelSettings
@@ -18,7 +18,7 @@ from tests.agent_harness import GenerationLog, RecordingBackend, RunningAgent, a
 from tests.postgres import PostgresServer, start_postgres
 
 MODEL_ALIAS = "smol"
-DEMO_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEMO_SHA256 = SMOLLM2.sha256
 CONTEXT_LENGTH = 1024
 # Greedy decoding keeps counting until max_tokens: a long generation on demand.
 COUNTING_PROMPT = "1, 2, 3, 4, 5,"
@@ -58,6 +58,18 @@ def torch_cache(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     cache = tmp_path_factory.mktemp("torch-cache") / DEMO_SHA256
     load_gguf_model(demo_model, threads=2, cache_dir=cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite file, migrated once per run: tests start from a copy."""
+    path = tmp_path_factory.mktemp("template") / "outpost.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    return path
 
 
 def seed_torch_cache(torch_cache: Path, agent_state_dir: Path) -> None:

@@ -45,20 +45,9 @@ def task(n: int = 0, **changes: object) -> FederatedTask:
     return FederatedTask(**(values | changes))  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "outpost.db"
-    db = Database(f"sqlite:///{path}")
-    try:
-        db.migrate()
-    finally:
-        db.dispose()
-    return path
-
-
 @pytest.fixture
-def database(tmp_path: Path, migrated: Path) -> Iterator[Database]:
-    shutil.copyfile(migrated, tmp_path / "outpost.db")
+def database(tmp_path: Path, migrated_sqlite: Path) -> Iterator[Database]:
+    shutil.copyfile(migrated_sqlite, tmp_path / "outpost.db")
     db = Database(f"sqlite:///{tmp_path / 'outpost.db'}")
     try:
         yield db

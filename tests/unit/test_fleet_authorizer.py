@@ -35,21 +35,9 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return authority
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite file, migrated once: each test starts from a copy."""
-    path = tmp_path_factory.mktemp("template") / "outpost.db"
-    db = Database(f"sqlite:///{path}")
-    try:
-        db.migrate()
-    finally:
-        db.dispose()
-    return path
-
-
 @pytest.fixture
-def services(tmp_path: Path, migrated: Path) -> Iterator[ControlPlaneServices]:
-    shutil.copyfile(migrated, tmp_path / "outpost.db")
+def services(tmp_path: Path, migrated_sqlite: Path) -> Iterator[ControlPlaneServices]:
+    shutil.copyfile(migrated_sqlite, tmp_path / "outpost.db")
     db = Database(f"sqlite:///{tmp_path / 'outpost.db'}")
     try:
         yield ControlPlaneServices.build(db)
