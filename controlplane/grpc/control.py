@@ -111,12 +111,18 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         hello = await self._read_hello(context, agent_id)
         await asyncio.to_thread(self._services.fleet.record_hello, agent_id, hello)
         link = self._hub.register(agent_id)
+        reader: asyncio.Task[str] | None = None
         log.info("agent %s connected (observed generation %d)", agent_id, hello.observed_generation)
-        reader = asyncio.create_task(self._read_agent(context, link))
         try:
-            await self._push_desired_states(context, link, reader)
+            # The current state goes out before anything the agent sends is read, so it is
+            # always the first reply of a stream.
+            state = await asyncio.to_thread(self._services.desired.current, agent_id)
+            await context.write(cpb.ControlMessage(desired_state=desired_state_to_pb(state)))
+            reader = asyncio.create_task(self._read_agent(context, link))
+            await self._push_desired_states(context, link, reader, state)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._hub.unregister(link)
             if not self._hub.is_connected(agent_id):
                 # Not awaited: a cancelled handler (client gone) may be cancelled again here.
@@ -185,13 +191,16 @@ class ControlServicer(cpb_grpc.ControlServiceServicer):
         return cpb.ControlMessage(usage_ack=cpb.UsageAck(acked_seq=recorded.acked_seq))
 
     async def _push_desired_states(
-        self, context: grpc.aio.ServicerContext, link: AgentLink, reader: asyncio.Task[str]
+        self,
+        context: grpc.aio.ServicerContext,
+        link: AgentLink,
+        reader: asyncio.Task[str],
+        state: DesiredState,
     ) -> None:
-        """Writes the current state, then each newer one, until the agent's side ends or the
-        hub cuts the link. One event wakes it for all three."""
+        """Writes each state newer than `state` (already sent) until the agent's side ends or
+        the hub cuts the link. One event wakes it for all three."""
         reader.add_done_callback(lambda _: link.changed.set())
-        state: DesiredState = await asyncio.to_thread(self._services.desired.current, link.agent_id)
-        sent = -1
+        sent = state.generation
         while True:
             link.changed.clear()
             if link.latest is not None and link.latest.generation > state.generation:
