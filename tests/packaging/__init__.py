@@ -1,0 +1,1 @@
+"""Tests of the packaging: systemd units, the Debian package, offline install, Kubernetes."""
