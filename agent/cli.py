@@ -30,6 +30,7 @@ from agent.settings import (
 from common.bundle_format import BundleError
 from common.certificates import normalize_fingerprint
 from common.lifecycle import configure_logging, run_until_signalled
+from common.systemd_notify import NOTIFY_ENVIRONMENT, SystemdNotifier
 
 if TYPE_CHECKING:
     from agent.managed import ManagedAgent
@@ -209,13 +210,23 @@ def _managed_companion(settings: AgentSettings, threads: int | None) -> ManagedA
     )
 
 
-def _serve(settings: AgentSettings, companion: ManagedAgent | None = None) -> int:
+def _serve(
+    settings: AgentSettings,
+    notifier: SystemdNotifier | None,
+    companion: ManagedAgent | None = None,
+) -> int:
     """Serves; a managed agent also enforces the routing policy and inference keys its
-    control plane sends (`env:` key references of cloud targets read from this environment)."""
+    control plane sends (`env:` key references of cloud targets read from this environment).
+    `notifier`: systemd's (Type=notify), told when the agent is ready; it feeds the watchdog."""
     from agent.server import AgentServer
 
     server = AgentServer(
-        settings, _llama_backend, companion, policy=companion, environ=dict(os.environ)
+        settings,
+        _llama_backend,
+        companion,
+        policy=companion,
+        environ=dict(os.environ),
+        notifier=notifier,
     )
     run_until_signalled(server)
     return 0
@@ -256,9 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = build_settings(args, environ)
         configure_logging(settings.log_level)
+        notifier = SystemdNotifier.from_environ(environ)  # None when not run by systemd
+        for name in NOTIFY_ENVIRONMENT:  # systemd's socket is not for the agent's children
+            os.environ.pop(name, None)
         if args.command == "run":
-            return _serve(settings, _managed_companion(settings, args.threads))
-        return _serve(settings)
+            return _serve(settings, notifier, _managed_companion(settings, args.threads))
+        return _serve(settings, notifier)
     except (
         BundleError,
         SettingsError,

@@ -29,6 +29,7 @@ from common.policy.ledger_record import LedgerRecord
 from common.policy.request_alerts import EVALUATE_EVERY_S, RequestAlerts
 from common.policy.request_budgets import RequestBudgets
 from common.policy.routing import Caller, PolicyEngine
+from common.systemd_notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,13 @@ class AgentServer:
         *,
         policy: PolicySource | None = None,
         environ: Mapping[str, str] | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         """`policy`: the routing policy to enforce (None: only this agent's models answer,
-        to anyone); `environ`: where cloud targets' `env:` key references are looked up."""
+        to anyone); `environ`: where cloud targets' `env:` key references are looked up;
+        `notifier`: tells systemd when the agent is ready and stopping, and feeds its watchdog."""
         self._settings = settings
+        self._notifier = notifier
         self._companion = companion
         self.pool = ModelPool(settings.models, backend_factory)  # checks the model files
         self._cloud = CloudClient(environ=dict(environ or {}))
@@ -155,6 +159,7 @@ class AgentServer:
                 prometheus=self.metrics.prometheus,
             )
         )
+        watchdog = self._notifier.start_watchdog() if self._notifier is not None else None
         try:
             grpc_port = await grpc_front.start(settings.host, settings.grpc_port)
             if grpc_port == 0:
@@ -176,12 +181,16 @@ class AgentServer:
             for task in (load_task, stop_task, alerts_task):
                 task.cancel()
             log.info("shutting down")
+            if self._notifier is not None:
+                self._notifier.stopping()
             await grpc_front.stop(SHUTDOWN_GRACE_SECONDS)
             http_server.should_exit = True
             await http_task
             if load_task.done() and not load_task.cancelled() and load_task.exception():
                 raise load_task.exception()  # type: ignore[misc]
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             http_socket.close()
             await self._cloud.aclose()
             await asyncio.to_thread(self._webhooks.close)
@@ -205,5 +214,8 @@ class AgentServer:
             await self._companion.prepare(self.pool, self.metrics, ports)
         await grpc_front.set_serving(True)
         log.info("models loaded; serving")
+        if self._notifier is not None:
+            models = ", ".join(alias for alias, _ in self.pool.runners()) or "no models"
+            self._notifier.ready(f"serving {models}; gRPC port {ports.grpc}, HTTP {ports.http}")
         if self._companion is not None:
             await self._companion.run(stop)
