@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile --durations=10
 # many sites' CPUs needs it anyway.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF
 
-.PHONY: setup demo demo-model test lint format protos protos-check pytest bench clean
+.PHONY: setup demo demo-model test lint format protos protos-check pytest bench clean wheelhouse deb
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy packaging/build_deb.py packaging/wheelhouse.py
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
@@ -40,12 +41,25 @@ protos: setup
 protos-check: setup
 	$(PY) protos/generate.py --check
 
+# Every wheel the agent needs, at the versions the tests ran with, for installs with no network
+# (air-gapped sites) and for the Debian package. Needs the network (or pip's cache) once.
+wheelhouse: setup
+	$(PY) packaging/wheelhouse.py dist/wheelhouse
+
+# dist/outpost-agent_VERSION_amd64.deb (DEB_ARGS: e.g. --version 0.1.0-2 --compression gzip)
+deb: wheelhouse
+	$(PY) packaging/build_deb.py --wheelhouse dist/wheelhouse --out dist $(DEB_ARGS)
+
 # The tests start their own throwaway PostgreSQL server from Debian's binaries (no service),
-# and drive Debian's chromium for the console's browser tests (Playwright, no browser download).
-pytest: setup
+# drive Debian's chromium for the console's browser tests (Playwright, no browser download),
+# and build, lintian-check and install the Debian package from the wheelhouse (as root).
+pytest: setup wheelhouse
 	$(VENV)/bin/outpost-agent demo-model >/dev/null
 	test -d /usr/lib/postgresql || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	test -x /usr/bin/lintian || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian)
+	test -x /usr/bin/dpkg-shlibdeps || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev)
+	test -x /usr/bin/systemd-analyze || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint protos-check pytest
@@ -54,4 +68,4 @@ bench: setup
 	$(PY) benchmarks/agent_throughput.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist
