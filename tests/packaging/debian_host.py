@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.packaging.unit_files import REPO, unit_sections
 from tests.process_harness import LoggedProcess
 
-REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "packaging" / "build_deb.py"
 WHEELHOUSE = REPO / "dist" / "wheelhouse"
 PACKAGE = "outpost-agent"
@@ -61,19 +61,8 @@ def is_known_to_dpkg() -> bool:
 
 
 def unit_directives(path: Path = UNIT_PATH) -> dict[str, list[str]]:
-    """The [Service] directives of a unit file, each with all its values in order."""
-    directives: dict[str, list[str]] = {}
-    section = ""
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]":
-            key, _, value = line.partition("=")
-            directives.setdefault(key.strip(), []).append(value.strip())
-    return directives
+    """The installed unit's [Service] directives, each with all its values in order."""
+    return unit_sections(path)["Service"]
 
 
 def _expand(text: str) -> str:

@@ -3,68 +3,24 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from controlplane.cli import build_parser, build_settings
+from tests.packaging.unit_files import MAX_EXPOSURE, security, unit_sections
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "systemd" / "outpost-controlplane.service"
-MAX_EXPOSURE = 4.9  # systemd's scale is 0.0-10.0; --threshold takes tenths
 VENV_BIN = "/opt/outpost-controlplane/bin/outpost"
-_EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d)")
-
-
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.fail(
-            "systemd-analyze is not installed: the unit's hardening cannot be measured. "
-            "Install Debian's systemd package (it need not be running: the check is offline)."
-        )
-    return path
-
-
-def security(unit: Path, threshold: float) -> tuple[int, float, str]:
-    """Runs `systemd-analyze security --offline=true`; returns its status, exposure, output."""
-    done = subprocess.run(
-        [
-            systemd_analyze(),
-            "security",
-            "--offline=true",
-            f"--threshold={round(threshold * 10)}",
-            "--no-pager",
-            str(unit),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    match = _EXPOSURE.search(output)
-    assert match, f"no exposure level in systemd-analyze's output:\n{output}"
-    return done.returncode, float(match.group(1)), output
 
 
 def unit_directives(path: Path) -> dict[str, list[str]]:
-    """`Section.Key` → values in order (systemd allows a key more than once)."""
-    directives: dict[str, list[str]] = {}
-    section = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"{path.name}: not Key=Value: {raw!r}"
-        directives.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
-    return directives
+    """`Section.Key` → values in order."""
+    return {
+        f"{section}.{key}": values
+        for section, keys in unit_sections(path).items()
+        for key, values in keys.items()
+    }
 
 
 def test_exposure_is_at_most_4_9() -> None:

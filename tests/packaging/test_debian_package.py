@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,6 @@ from tests.packaging.debian_host import (
     ENABLED_LINK,
     ENVIRONMENT_DIR,
     PACKAGE,
-    REPO,
     STATE_DIR,
     UNIT_PATH,
     NotifyListener,
@@ -43,10 +41,10 @@ from tests.packaging.debian_host import (
     unit_directives,
     unit_process,
 )
+from tests.packaging.unit_files import project_version
 
-UPSTREAM = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-OLD = f"{UPSTREAM}-1"
-NEW = f"{UPSTREAM}-2"
+OLD = f"{project_version()}-1"
+NEW = f"{project_version()}-2"
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +157,8 @@ def test_install_verify_enroll_serve_upgrade_remove_and_purge(
         CONFIG_PATH.write_text(edited)
         with _serving_agent() as http_port:
             with cp.api() as api:
+                # READY=1 comes once it serves; it enrolls with the token after that
+                wait_until(lambda: bool(api.get("/agents").json()["agents"]), "enrolled", 60)
                 agents = api.get("/agents").json()["agents"]
             assert [a["site"] for a in agents] == ["branch"]
             cp.assign_demo_model(demo_model, agents[0]["id"])

@@ -6,7 +6,6 @@ import copy
 import re
 import subprocess
 import threading
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from controlplane.settings import ControlPlaneSettings
 from tests.agent_harness import RunningAgent, agent_settings
 from tests.conftest import CONTEXT_LENGTH, MODEL_ALIAS, empty_all_tables, llama_factory
 from tests.controlplane_harness import RunningControlPlane, controlplane_settings
+from tests.packaging.unit_files import project_version
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = ROOT / "packaging" / "kubernetes"
@@ -108,13 +108,6 @@ def volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def pyproject_version() -> str:
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        version = tomllib.load(handle)["project"]["version"]
-    assert isinstance(version, str)
-    return version
-
-
 # --- schema -------------------------------------------------------------------------------
 
 
@@ -177,8 +170,8 @@ def workloads() -> list[dict[str, Any]]:
     return found
 
 
-def test_outpost_images_carry_the_pyproject_version() -> None:
-    version = pyproject_version()
+def test_outpost_images_carry_the_project_version() -> None:
+    version = project_version()
     images = {
         ("Deployment", "outpost-controlplane"): f"outpost/controlplane:{version}",
         ("DaemonSet", "outpost-agent"): f"outpost/agent:{version}",

@@ -4,52 +4,31 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.packaging.unit_files import (
+    MAX_EXPOSURE,
+    REPO,
+    security,
+    systemd_analyze,
+    unit_sections,
+)
+
 AGENT_UNIT = REPO / "packaging" / "systemd" / "outpost-agent.service"
 AGENT_EXECUTABLE = "opt/outpost-agent/bin/outpost-agent"
-MAX_EXPOSURE = 4.9  # systemd-analyze rates 0.0-10.0; up to 4.9 it says "OK"
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 
 
-def systemd_analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    """Runs systemd-analyze; its absence fails the test: the unit must be checked, always."""
-    executable = shutil.which("systemd-analyze")
-    if executable is None:
-        pytest.fail(
-            "systemd-analyze is not installed: the unit cannot be checked "
-            "(Debian/Ubuntu: apt-get install systemd)"
-        )
-    return subprocess.run(
-        [executable, "--no-pager", *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def overall_exposure(output: str) -> float:
-    match = re.search(r"Overall exposure level for outpost-agent\.service: (\d+\.\d)", output)
-    assert match is not None, output
-    return float(match.group(1))
-
-
 def test_security_exposure_is_ok() -> None:
-    # --threshold counts tenths of the exposure (its default, 100, is 10.0): 49 means 4.9.
-    result = systemd_analyze(
-        "security", "--offline=true", f"--threshold={round(MAX_EXPOSURE * 10)}", str(AGENT_UNIT)
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    exposure = overall_exposure(result.stdout)
+    status, exposure, output = security(AGENT_UNIT, MAX_EXPOSURE)
+    assert status == 0, output
     assert exposure <= MAX_EXPOSURE
-    assert re.search(r"Overall exposure level .*: \d+\.\d (OK|SAFE)", result.stdout)
+    assert re.search(r"Overall exposure level .*: \d+\.\d (OK|SAFE)", output)
     # The threshold is enforced: one tenth below the measured exposure fails.
-    below = systemd_analyze(
-        "security", "--offline=true", f"--threshold={round(exposure * 10) - 1}", str(AGENT_UNIT)
-    )
-    assert below.returncode != 0, below.stdout
+    below, _, output = security(AGENT_UNIT, exposure - 0.1)
+    assert below != 0, output
 
 
 def installed_root(root: Path, *, with_executable: bool = True) -> Path:
@@ -85,26 +64,9 @@ def test_verify_checks_the_executable_inside_the_tree(tmp_path: Path) -> None:
     assert f"/{AGENT_EXECUTABLE} is not executable" in result.stderr
 
 
-def unit_directives(path: Path) -> dict[str, dict[str, list[str]]]:
-    """Section -> key -> every value assigned, in order (systemd's keys may repeat)."""
-    sections: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    section = ""
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"not a key=value line in [{section}]: {line!r}"
-        sections[section][key.strip()].append(value.strip())
-    return sections
-
-
 @pytest.fixture(scope="module")
 def service() -> dict[str, list[str]]:
-    return unit_directives(AGENT_UNIT)["Service"]
+    return unit_sections(AGENT_UNIT)["Service"]
 
 
 def test_readiness_and_watchdog(service: dict[str, list[str]]) -> None:
