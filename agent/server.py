@@ -215,7 +215,12 @@ class AgentServer:
         await grpc_front.set_serving(True)
         log.info("models loaded; serving")
         if self._notifier is not None:
-            models = ", ".join(alias for alias, _ in self.pool.runners()) or "no models"
-            self._notifier.ready(f"serving {models}; gRPC port {ports.grpc}, HTTP {ports.http}")
+
+            def describe() -> str:
+                models = ", ".join(alias for alias, _ in self.pool.runners()) or "no models"
+                return f"serving {models}; gRPC port {ports.grpc}, HTTP {ports.http}"
+
+            self._notifier.ready(describe())
+            self._notifier.follow_status(describe)  # kept current through rollouts
         if self._companion is not None:
             await self._companion.run(stop)

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class SystemdNotifier:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.setblocking(False)  # a full receive queue drops a message, never blocks
         self._send_failed = False
+        self._describe: Callable[[], str] | None = None
+        self._last_status = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> SystemdNotifier | None:
@@ -63,10 +65,17 @@ class SystemdNotifier:
         return max(self.watchdog_usec / 2_000_000, MIN_PING_INTERVAL_S)
 
     def ready(self, status: str) -> None:
-        self.send("READY=1", f"STATUS={_one_line(status)}")
+        self._last_status = _one_line(status)
+        self.send("READY=1", f"STATUS={self._last_status}")
 
     def status(self, status: str) -> None:
-        self.send(f"STATUS={_one_line(status)}")
+        self._last_status = _one_line(status)
+        self.send(f"STATUS={self._last_status}")
+
+    def follow_status(self, describe: Callable[[], str]) -> None:
+        """From now on every watchdog ping also sends `describe()`'s line when it changed
+        (e.g. the models served after a rollout), so `systemctl status` stays current."""
+        self._describe = describe
 
     def stopping(self, status: str = "shutting down") -> None:
         self.send("STOPPING=1", f"STATUS={_one_line(status)}")
@@ -97,7 +106,13 @@ class SystemdNotifier:
 
     async def _ping_every(self, interval_s: float) -> None:
         while True:
-            self.ping_watchdog()
+            assignments = ["WATCHDOG=1"]
+            if self._describe is not None:
+                status = _one_line(self._describe())
+                if status != self._last_status:
+                    self._last_status = status
+                    assignments.append(f"STATUS={status}")
+            self.send(*assignments)
             await asyncio.sleep(interval_s)  # the pacing of the pings, not synchronisation
 
     def close(self) -> None:

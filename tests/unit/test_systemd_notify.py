@@ -260,6 +260,35 @@ def test_watchdog_task_pings_on_the_loop_until_cancelled(manager: NotifySocket) 
         notifier.close()
 
 
+def test_pings_carry_the_status_when_it_changes(manager: NotifySocket) -> None:
+    """E.g. the models an agent serves after a rollout: `systemctl status` shows them."""
+    notifier = notifier_for({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "100000"})
+    served = ["no models"]
+
+    async def follow() -> tuple[list[str], list[list[str]], list[str]]:
+        notifier.ready(f"serving {served[0]}")
+        assert await asyncio.to_thread(manager.receive) == ["READY=1", "STATUS=serving no models"]
+        notifier.follow_status(lambda: f"serving {served[0]}")
+        task = notifier.start_watchdog()
+        assert task is not None
+        unchanged = await asyncio.to_thread(manager.receive)
+        served[0] = "smol\nREADY=1"  # a new model, and a newline that must not forge anything
+        until_changed = [await asyncio.to_thread(manager.receive)]
+        while len(until_changed[-1]) == 1 and len(until_changed) < 50:
+            until_changed.append(await asyncio.to_thread(manager.receive))
+        again = await asyncio.to_thread(manager.receive)
+        task.cancel()
+        return unchanged, until_changed, again
+
+    try:
+        unchanged, until_changed, again = asyncio.run(follow())
+    finally:
+        notifier.close()
+    assert unchanged == ["WATCHDOG=1"]
+    assert until_changed[-1] == ["WATCHDOG=1", "STATUS=serving smol READY=1"]
+    assert again == ["WATCHDOG=1"]  # sent once, not with every ping
+
+
 def test_a_blocked_loop_stops_the_pings(manager: NotifySocket) -> None:
     """The point of pinging from the event loop: while it is stuck, systemd hears nothing."""
     notifier = notifier_for({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "100000"})
