@@ -78,7 +78,11 @@ def find_sites(grid: Grid, plan: RunPlan) -> dict[int, str]:
         if new:
             asked.update(new)
             messages = [Message(content=query, message_type="query", dst_node_id=n) for n in new]
-            for reply in grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S):
+            replies = list(grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S))
+            # A node that did not answer in time is asked again with a new message: e.g. after
+            # a control-plane restart, a SuperNode still busy with the old run's message.
+            asked.difference_update(set(new) - {r.metadata.src_node_id for r in replies})
+            for reply in replies:
                 if reply.has_error():
                     asked.discard(reply.metadata.src_node_id)  # asked again next time
                     continue
