@@ -33,6 +33,27 @@ GREEDY = ResolvedSampling(
     seed=0,
     stop=(),
 )
+# The slowest test modules (measured with --durations=0), collected first: pytest-xdist hands
+# modules to workers in collection order, so these start at once instead of running alone at
+# the end of the suite.
+SLOWEST_MODULES = (
+    "tests/integration/test_federated_job.py",
+    "tests/integration/test_federated_restart.py",
+    "tests/packaging/test_debian_package.py",
+    "tests/integration/test_model_distribution.py",
+    "tests/integration/test_fleet_processes.py",
+    "tests/integration/test_lora_training.py",
+    "tests/integration/test_federated_job_failures.py",
+    "tests/unit/test_models_api.py",
+    "tests/unit/test_model_registry.py",
+    "tests/integration/test_gguf_lora_verify.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slowest modules first; everything else keeps its order (the sort is stable)."""
+    rank = {module: i for i, module in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")
