@@ -68,10 +68,6 @@ class SystemdNotifier:
         self._last_status = _one_line(status)
         self.send("READY=1", f"STATUS={self._last_status}")
 
-    def status(self, status: str) -> None:
-        self._last_status = _one_line(status)
-        self.send(f"STATUS={self._last_status}")
-
     def follow_status(self, describe: Callable[[], str]) -> None:
         """From now on every watchdog ping also sends `describe()`'s line when it changed
         (e.g. the models served after a rollout), so `systemctl status` stays current."""
@@ -81,7 +77,14 @@ class SystemdNotifier:
         self.send("STOPPING=1", f"STATUS={_one_line(status)}")
 
     def ping_watchdog(self) -> None:
-        self.send("WATCHDOG=1")
+        """WATCHDOG=1, with the followed status line when it changed since the last sent."""
+        assignments = ["WATCHDOG=1"]
+        if self._describe is not None:
+            status = _one_line(self._describe())
+            if status != self._last_status:
+                self._last_status = status
+                assignments.append(f"STATUS={status}")
+        self.send(*assignments)
 
     def send(self, *assignments: str) -> bool:
         """One datagram of newline-separated assignments; False (and a log line) on failure."""
@@ -106,13 +109,7 @@ class SystemdNotifier:
 
     async def _ping_every(self, interval_s: float) -> None:
         while True:
-            assignments = ["WATCHDOG=1"]
-            if self._describe is not None:
-                status = _one_line(self._describe())
-                if status != self._last_status:
-                    self._last_status = status
-                    assignments.append(f"STATUS={status}")
-            self.send(*assignments)
+            self.ping_watchdog()
             await asyncio.sleep(interval_s)  # the pacing of the pings, not synchronisation
 
     def close(self) -> None:

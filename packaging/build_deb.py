@@ -116,10 +116,9 @@ def relocate(environment: Path) -> None:
             raise BuildError(f"{path} still names the build directory {built_at}")
 
 
-def link_duplicate_libraries(environment: Path) -> int:
+def link_duplicate_libraries(environment: Path) -> None:
     """Wheels cannot hold symlinks, so libfoo.so, libfoo.so.0 and libfoo.so.0.1 arrive as three
-    copies; the shorter names become relative links to the longest. Answers the bytes saved."""
-    saved = 0
+    copies; the shorter names become relative links to the longest."""
     for directory in {p.parent for p in environment.rglob("lib*.so*") if p.is_file()}:
         groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
         for path in directory.iterdir():
@@ -131,10 +130,8 @@ def link_duplicate_libraries(environment: Path) -> int:
             target = max(copies, key=lambda p: len(p.name))
             for copy in copies:
                 if copy != target:
-                    saved += copy.stat().st_size
                     copy.unlink()
                     copy.symlink_to(target.name)
-    return saved
 
 
 def normalize_permissions(root: Path) -> None:

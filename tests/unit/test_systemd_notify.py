@@ -77,13 +77,11 @@ def test_no_notify_socket_means_no_notifier(caplog: pytest.LogCaptureFixture) ->
     assert caplog.records == []
 
 
-def test_ready_status_stopping_and_watchdog_arrive(manager: NotifySocket) -> None:
+def test_ready_stopping_and_watchdog_arrive(manager: NotifySocket) -> None:
     notifier = notifier_for({"NOTIFY_SOCKET": manager.address})
     try:
         notifier.ready("serving smol")
         assert manager.receive() == ["READY=1", "STATUS=serving smol"]
-        notifier.status("loading")
-        assert manager.receive() == ["STATUS=loading"]
         notifier.ping_watchdog()
         assert manager.receive() == ["WATCHDOG=1"]
         notifier.stopping()
@@ -95,8 +93,8 @@ def test_ready_status_stopping_and_watchdog_arrive(manager: NotifySocket) -> Non
 def test_a_status_cannot_forge_another_assignment(manager: NotifySocket) -> None:
     notifier = notifier_for({"NOTIFY_SOCKET": manager.address})
     try:
-        notifier.status("model loaded\nREADY=1\r\nMAINPID=1")
-        assert manager.receive() == ["STATUS=model loaded READY=1 MAINPID=1"]
+        notifier.ready("model loaded\nSTOPPING=1\r\nMAINPID=1")
+        assert manager.receive() == ["READY=1", "STATUS=model loaded STOPPING=1 MAINPID=1"]
     finally:
         notifier.close()
 
